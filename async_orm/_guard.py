@@ -1,0 +1,141 @@
+"""Refusing database I/O on a thread whose event loop is running.
+
+A sync SQLAlchemy call that reaches the database from the event loop thread
+(a lazy load, an expired attribute, ``session.sync_session.execute(...)``)
+would block every task of that loop.  These hooks turn that into
+:class:`~async_orm.exc.EventLoopIOError` (a ``MissingGreenlet``), naming what
+was being loaded and the three ways out.  The check is one C call per
+statement (``asyncio._get_running_loop()``), never per row.
+
+Opting out (for code that accepts blocking the loop): set the environment
+variable ``ASYNC_ORM_ALLOW_LOOP_IO=1``, or wrap the code in
+``with async_orm.allow_loop_io(): ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from asyncio import _get_running_loop
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.state import InstanceState
+
+from .exc import EventLoopIOError
+
+#: attribute set on sync sessions owned by an AsyncSession
+GUARDED = "_async_orm_guarded"
+
+_allowed: ContextVar[bool] = ContextVar("async_orm_allow_loop_io", default=False)
+_ENV_ALLOWED = os.environ.get("ASYNC_ORM_ALLOW_LOOP_IO", "").lower() not in ("", "0", "false")
+
+_FIXES = (
+    "Load it in the query (e.g. selectinload({cls}.{attr})), await "
+    "obj.awaitable_attrs.{attr}, or run the code in await session.run_sync(fn)."
+)
+
+
+@contextmanager
+def allow_loop_io() -> Iterator[None]:
+    """Allow sync database I/O on the event loop thread inside this block.
+
+    This opts out of async_orm's guard for code that accepts blocking the event
+    loop (scripts, tests, a REPL).  The statement still runs on the calling
+    thread, not on the session's worker.
+    """
+    token = _allowed.set(True)
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
+
+
+def loop_io_refused() -> bool:
+    """True when the current thread runs an event loop and no opt-out applies."""
+    return _get_running_loop() is not None and not (_ENV_ALLOWED or _allowed.get())
+
+
+def describe_instance(state: InstanceState[Any]) -> str:
+    """``<User id=5>`` without touching any attribute (so without loading)."""
+    cls = state.class_.__name__
+    identity = state.identity
+    if identity is None:
+        return f"<{cls} (pending)>"
+    names = [col.key for col in state.mapper.primary_key]
+    pairs = ", ".join(f"{name}={value!r}" for name, value in zip(names, identity, strict=False))
+    return f"<{cls} {pairs}>"
+
+
+def _load_message(orm_state: ORMExecuteState) -> str:
+    if orm_state.is_select:
+        options = orm_state.load_options
+        owner: InstanceState[Any] | None = getattr(options, "_lazy_loaded_from", None)
+        if orm_state.is_relationship_load and owner is not None:
+            path = orm_state.loader_strategy_path
+            attr = getattr(getattr(path, "prop", None), "key", None) or "<relationship>"
+            cls = owner.class_.__name__
+            return (
+                f"{cls}.{attr} on {describe_instance(owner)} needs a database load (lazy "
+                "loading), which would block the event loop. " + _FIXES.format(cls=cls, attr=attr)
+            )
+        refresh: InstanceState[Any] | None = getattr(options, "_refresh_state", None)
+        if refresh is not None:
+            cls = refresh.class_.__name__
+            compile_options = orm_state._orm_compile_options()
+            keys = sorted(getattr(compile_options, "_only_load_props", None) or ())
+            what = (
+                f"{cls}.{keys[0]} on {describe_instance(refresh)} is"
+                if len(keys) == 1
+                else f"The attributes of {describe_instance(refresh)} ({', '.join(keys)}) are"
+            )
+            return (
+                f"{what} expired or deferred and need a database load, which would block "
+                "the event loop (attributes expire after commit() unless "
+                "expire_on_commit=False). Refresh them first with await "
+                "session.refresh(obj), await obj.awaitable_attrs.<name>, or run the code in "
+                "await session.run_sync(fn)."
+            )
+    return (
+        f"A sync ORM statement ({str(orm_state.statement)[:80]!r}) was executed on the "
+        "event loop thread, which would block the event loop. Await the AsyncSession's "
+        "method instead (await session.execute(...)), or run sync code in await "
+        "session.run_sync(fn)."
+    )
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _guard_orm_execute(orm_state: ORMExecuteState) -> None:
+    if loop_io_refused() and orm_state.session.__dict__.get(GUARDED):
+        raise EventLoopIOError(_load_message(orm_state))
+
+
+@event.listens_for(Session, "before_flush")
+def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    if loop_io_refused() and session.__dict__.get(GUARDED):
+        raise EventLoopIOError(
+            "A flush of this AsyncSession's pending changes was started on the event loop "
+            "thread (autoflush or sync_session.flush()), which would block the event "
+            "loop. Await session.flush() / session.commit(), or run sync code in await "
+            "session.run_sync(fn)."
+        )
+
+
+def statement_on_loop(statement: str) -> EventLoopIOError:
+    """The error for a Core statement reaching the driver on the loop thread."""
+    return EventLoopIOError(
+        f"The statement {statement[:80]!r} was about to run on the event loop thread, "
+        "which would block the event loop. Use the async API (await conn.execute(...), "
+        "await session.execute(...)), or run sync code in await session.run_sync(fn) "
+        "/ await conn.run_sync(fn)."
+    )
+
+
+def commit_on_loop() -> EventLoopIOError:
+    return EventLoopIOError(
+        "A COMMIT was about to run on the event loop thread, which would block the event "
+        "loop. Await session.commit() / conn.commit() instead."
+    )

@@ -1,0 +1,969 @@
+"""AsyncEngine, AsyncConnection and AsyncTransaction over sync drivers.
+
+Mirrors ``sqlalchemy.ext.asyncio.engine``: the same classes, methods and
+signatures.  ``create_async_engine`` takes *sync* URLs
+(``postgresql+psycopg://``, ``sqlite://``, ``mysql+pymysql://``) and an
+:class:`AsyncEngine` can wrap an :class:`~sqlalchemy.engine.Engine` an
+application already has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from asyncio import _get_running_loop
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, NoReturn, TypeVar, overload
+
+from sqlalchemy import event, util
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
+from sqlalchemy.engine import create_pool_from_url as _sa_create_pool_from_url
+from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
+from sqlalchemy.engine.url import URL
+from sqlalchemy.pool import (
+    AssertionPool,
+    NullPool,
+    Pool,
+    QueuePool,
+    SingletonThreadPool,
+    StaticPool,
+)
+from typing_extensions import ParamSpec
+
+from . import _guard, _worker
+from .exc import (
+    AsyncContextAlreadyStarted,
+    AsyncContextNotStarted,
+    AsyncDriverURLError,
+    AsyncMethodRequired,
+)
+from .result import AsyncResult, AsyncScalarResult
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.base import NestedTransaction, RootTransaction, Transaction
+    from sqlalchemy.engine.interfaces import (
+        CoreExecuteOptionsParameter,
+        Dialect,
+        IsolationLevel,
+        _CoreAnyExecuteParams,
+        _CoreSingleExecuteParams,
+        _DBAPIAnyExecuteParams,
+        _ExecuteOptions,
+    )
+    from sqlalchemy.pool import PoolProxiedConnection
+    from sqlalchemy.sql.base import Executable
+    from sqlalchemy.sql.selectable import TypedReturnsRows
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+__all__ = [
+    "AsyncConnection",
+    "AsyncEngine",
+    "AsyncTransaction",
+    "async_engine_from_config",
+    "create_async_engine",
+    "create_async_pool_from_url",
+]
+
+DEFAULT_WORKER_TIMEOUT = 30.0
+
+_STREAM = util.immutabledict({"stream_results": True})
+
+
+# --------------------------------------------------------------------------
+# URLs
+
+
+_SYNC_DRIVER_FOR = {
+    "asyncpg": "psycopg",
+    "psycopg_async": "psycopg",
+    "aiosqlite": None,
+    "pysqlcipher_async": None,
+    "aiomysql": "pymysql",
+    "asyncmy": "pymysql",
+    "oracledb_async": "oracledb",
+    "aioodbc": "pyodbc",
+}
+
+
+def _check_sync_url(url: str | URL) -> URL:
+    u = make_url(url)
+    try:
+        is_async = bool(u.get_dialect().is_async)
+    except sa_exc.NoSuchModuleError:
+        is_async = u.get_driver_name() in _SYNC_DRIVER_FOR
+    if is_async:
+        driver = u.get_driver_name()
+        sync_driver = _SYNC_DRIVER_FOR.get(driver)
+        name = u.get_backend_name()
+        fixed = u.set(drivername=f"{name}+{sync_driver}" if sync_driver else name)
+        raise AsyncDriverURLError(
+            f"The URL {u.render_as_string(hide_password=True)!r} names the async driver "
+            f"{driver!r}. async_orm runs SQLAlchemy on worker threads with sync drivers, "
+            f"so use {fixed.render_as_string(hide_password=True)!r} instead."
+        )
+    return u
+
+
+def _is_sqlite_memory(u: URL) -> bool:
+    if u.get_backend_name() != "sqlite":
+        return False
+    db = u.database
+    if db in (None, "", ":memory:"):
+        return True
+    return "mode=memory" in db or u.query.get("mode") == "memory"
+
+
+def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` from a sync database URL.
+
+    Takes the arguments of :func:`sqlalchemy.create_engine`, plus:
+
+    :param max_workers: how many sessions/connections of this engine may hold a
+        worker thread at once.  Defaults to the pool's capacity
+        (``pool_size + max_overflow``), or 32 for pools without a bound.
+    :param worker_timeout: seconds a new session waits for a free worker slot
+        before :class:`~async_orm.exc.WorkerSlotTimeout` (default 30).
+
+    An async driver's URL (``postgresql+asyncpg://``) is refused with an error
+    naming the sync URL to use.  In-memory SQLite (``sqlite://``) gets a
+    :class:`~sqlalchemy.pool.StaticPool` so every worker thread sees the same
+    database (and, sharing one connection, one session runs at a time).
+    """
+    if kw.get("server_side_cursors", False):
+        raise AsyncMethodRequired(
+            "Can't set server_side_cursors for async engine globally; "
+            "use the connection.stream() method for an async "
+            "streaming result set"
+        )
+    max_workers = kw.pop("max_workers", None)
+    worker_timeout = kw.pop("worker_timeout", None)
+    u = _check_sync_url(url)
+    if _is_sqlite_memory(u) and "poolclass" not in kw and "pool" not in kw:
+        kw["poolclass"] = StaticPool
+        connect_args = dict(kw.get("connect_args", {}))
+        connect_args.setdefault("check_same_thread", False)
+        kw["connect_args"] = connect_args
+    sync_engine = create_engine(u, **kw)
+    return AsyncEngine(sync_engine, max_workers=max_workers, worker_timeout=worker_timeout)
+
+
+def async_engine_from_config(
+    configuration: dict[str, Any], prefix: str = "sqlalchemy.", **kwargs: Any
+) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` from a configuration dictionary, like
+    :func:`sqlalchemy.engine_from_config`: keys starting with ``prefix`` are
+    the engine's arguments (``sqlalchemy.url``, ``sqlalchemy.echo``, ...)."""
+    options = {
+        key[len(prefix) :]: value for key, value in configuration.items() if key.startswith(prefix)
+    }
+    options["_coerce_config"] = True
+    options.update(kwargs)
+    url = options.pop("url")
+    return create_async_engine(url, **options)
+
+
+def create_async_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
+    """Create a connection pool for a sync URL, like
+    :func:`sqlalchemy.create_pool_from_url`; async driver URLs are refused."""
+    return _sa_create_pool_from_url(_check_sync_url(url), **kwargs)
+
+
+# --------------------------------------------------------------------------
+# engine instrumentation: the loop guard and interrupting a running statement
+
+#: thread ident -> DBAPI connection running a statement on that thread
+_running: dict[int, Any] = {}
+_get_ident = threading.get_ident
+_INSTRUMENTED = "_async_orm_instrumented"
+
+
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    if _get_running_loop() is not None and _guard.loop_io_refused():
+        raise _guard.statement_on_loop(statement)
+    _running[_get_ident()] = cursor.connection
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    _running.pop(_get_ident(), None)
+
+
+def _handle_error(context: Any) -> None:
+    _running.pop(_get_ident(), None)
+
+
+def _before_commit(conn: Connection) -> None:
+    if _get_running_loop() is not None and _guard.loop_io_refused():
+        raise _guard.commit_on_loop()
+
+
+def instrument(sync_engine: Engine) -> None:
+    """Install async_orm's engine events once per engine (idempotent)."""
+    if sync_engine.__dict__.get(_INSTRUMENTED):
+        return
+    sync_engine.__dict__[_INSTRUMENTED] = True
+    event.listen(sync_engine, "before_cursor_execute", _before_cursor_execute)
+    event.listen(sync_engine, "after_cursor_execute", _after_cursor_execute)
+    event.listen(sync_engine, "handle_error", _handle_error)
+    event.listen(sync_engine, "commit", _before_commit)
+
+
+def interrupt_statement(thread_ident: int) -> None:
+    """Interrupt the statement running on ``thread_ident``, at the driver.
+
+    psycopg: ``cancel_safe()`` (3.2+) or ``cancel()``; sqlite3: ``interrupt()``.
+    PyMySQL has no way to interrupt a running query from another thread: the
+    statement runs to its end and the cancellation is delivered then.
+    """
+    dbapi_conn = _running.get(thread_ident)
+    if dbapi_conn is None:
+        return
+    cancel_safe = getattr(dbapi_conn, "cancel_safe", None)
+    if cancel_safe is not None:
+        cancel_safe(timeout=5.0)
+        return
+    for name in ("cancel", "interrupt"):
+        method = getattr(dbapi_conn, name, None)
+        if method is not None:
+            method()
+            return
+
+
+# --------------------------------------------------------------------------
+# worker slots per engine
+
+
+_limiters: weakref.WeakKeyDictionary[Pool, _worker.Limiter] = weakref.WeakKeyDictionary()
+_limiters_lock = threading.Lock()
+
+
+def _pool_capacity(pool: Pool) -> int:
+    if isinstance(pool, QueuePool):
+        size = pool.size()
+        overflow = pool._max_overflow
+        if size <= 0 or overflow < 0:
+            return _worker.default_capacity()
+        return max(1, size + overflow)
+    if isinstance(pool, (StaticPool, AssertionPool)):
+        return 1
+    if isinstance(pool, SingletonThreadPool):
+        return max(1, pool.size)
+    if isinstance(pool, NullPool):
+        return _worker.default_capacity()
+    return _worker.default_capacity()
+
+
+def limiter_for(
+    sync_engine: Engine, max_workers: int | None = None, timeout: float | None = None
+) -> _worker.Limiter:
+    """The slot limiter of ``sync_engine``'s pool (one per pool, shared by the
+    engine's ``execution_options()`` copies)."""
+    pool = sync_engine.pool
+    with _limiters_lock:
+        limiter = _limiters.get(pool)
+        if limiter is None:
+            capacity = max_workers if max_workers is not None else _pool_capacity(pool)
+            describe = (
+                f"engine {sync_engine.url.render_as_string(hide_password=True)!r} "
+                f"({type(pool).__name__}, capacity {capacity})"
+            )
+            limiter = _worker.Limiter(
+                capacity, timeout if timeout is not None else DEFAULT_WORKER_TIMEOUT, describe
+            )
+            _limiters[pool] = limiter
+        else:
+            if max_workers is not None and max_workers != limiter.capacity:
+                raise sa_exc.ArgumentError(
+                    f"This engine's pool already has {limiter.capacity} worker slots; "
+                    "max_workers can only be given when the engine is first wrapped."
+                )
+            if timeout is not None:
+                limiter.timeout = timeout
+    return limiter
+
+
+def new_runner(sync_engine: Engine | None, owner_name: str) -> _worker.Runner:
+    """A runner for a session or connection bound to ``sync_engine``."""
+    if sync_engine is None:
+        limiter = _unbound_limiter
+    else:
+        instrument(sync_engine)
+        limiter = limiter_for(sync_engine)
+    return _worker.Runner(limiter, interrupt_statement, owner_name)
+
+
+_unbound_limiter = _worker.Limiter(
+    _worker.default_capacity(), DEFAULT_WORKER_TIMEOUT, "sessions without a bind"
+)
+
+
+async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run engine-level work (dispose, raw_connection) on a pooled worker that
+    takes no slot, so it works while every slot is busy."""
+    runner = _worker.Runner(_maintenance_limiter, None, "AsyncEngine")
+    try:
+        return await runner.run_shielded(fn, *args)
+    finally:
+        runner.release()
+
+
+_maintenance_limiter = _worker.Limiter(1 << 20, DEFAULT_WORKER_TIMEOUT, "engine maintenance")
+
+
+# --------------------------------------------------------------------------
+# StartableContext
+
+
+class StartableContext(Generic[_T]):
+    """Awaitable, or usable as ``async with``: ``start()`` does the work."""
+
+    __slots__ = ()
+
+    async def start(self, is_ctxmanager: bool = False) -> _T:
+        raise NotImplementedError()
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> _T:
+        return await self.start(is_ctxmanager=True)
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        raise NotImplementedError()
+
+    def _raise_for_not_started(self) -> NoReturn:
+        raise AsyncContextNotStarted(
+            f"{self.__class__.__name__} context has not been started and object has "
+            "not been awaited. Use 'await' or 'async with' on it first."
+        )
+
+
+class _ResultContext(Generic[_T]):
+    """What ``stream()`` returns: await it, or ``async with`` it (closing the
+    result on exit)."""
+
+    __slots__ = ("_coro", "_result")
+
+    def __init__(self, coro: Any) -> None:
+        self._coro = coro
+        self._result: Any = None
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        return self._coro.__await__()  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> _T:
+        self._result = await self._coro
+        return self._result  # type: ignore[no-any-return]
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if self._result is not None:
+            await self._result.close()
+
+
+# --------------------------------------------------------------------------
+# AsyncEngine
+
+
+class AsyncEngine:
+    """An asyncio front for a sync :class:`~sqlalchemy.engine.Engine`.
+
+    Create one with :func:`create_async_engine`, or wrap an engine you already
+    have: ``AsyncEngine(sync_engine)``.  Each :class:`AsyncConnection` it hands
+    out runs on a worker thread of its own.
+    """
+
+    __slots__ = ("__weakref__", "_limiter", "sync_engine")
+
+    sync_engine: Engine
+
+    def __init__(
+        self,
+        sync_engine: Engine,
+        *,
+        max_workers: int | None = None,
+        worker_timeout: float | None = None,
+    ) -> None:
+        if not isinstance(sync_engine, Engine):
+            raise sa_exc.ArgumentError(
+                f"AsyncEngine() takes a sync sqlalchemy Engine, not {type(sync_engine).__name__}"
+            )
+        if sync_engine.dialect.is_async:
+            _check_sync_url(sync_engine.url)
+        self.sync_engine = sync_engine
+        instrument(sync_engine)
+        self._limiter = limiter_for(sync_engine, max_workers, worker_timeout)
+
+    # -- proxy comparisons ------------------------------------------------------
+
+    @property
+    def _proxied(self) -> Engine:
+        return self.sync_engine
+
+    def __hash__(self) -> int:
+        return id(self.sync_engine)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncEngine) and self.sync_engine is other.sync_engine
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __repr__(self) -> str:
+        return f"AsyncEngine({self.url.render_as_string(hide_password=True)})"
+
+    # -- connections ------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """``async with engine.begin() as conn:`` a connection in a transaction,
+        committed on success and rolled back on error."""
+        conn = self.connect()
+        async with conn, conn.begin():
+            yield conn
+
+    def connect(self) -> AsyncConnection:
+        """A new :class:`AsyncConnection`; await it or use ``async with``."""
+        return AsyncConnection(self)
+
+    async def raw_connection(self) -> PoolProxiedConnection:
+        """A DBAPI connection checked out of the pool (checked out on a worker)."""
+        return await _run_detached(self.sync_engine.raw_connection)
+
+    async def dispose(self, close: bool = True) -> None:
+        """Dispose of the pool, on a worker thread; see :meth:`Engine.dispose`."""
+        old_pool = self.sync_engine.pool
+        await _run_detached(self._dispose_sync, close)
+        new_pool = self.sync_engine.pool
+        with _limiters_lock:
+            if new_pool is not old_pool and old_pool in _limiters:
+                _limiters[new_pool] = _limiters[old_pool]
+
+    def _dispose_sync(self, close: bool) -> None:
+        self.sync_engine.dispose(close=close)
+
+    # -- options ---------------------------------------------------------------
+
+    def execution_options(self, **opt: Any) -> AsyncEngine:
+        """A copy of this engine with the given execution options (sharing its
+        pool and worker slots)."""
+        return AsyncEngine(self.sync_engine.execution_options(**opt))
+
+    def get_execution_options(self) -> _ExecuteOptions:
+        """The execution options of this engine."""
+        return self.sync_engine.get_execution_options()
+
+    def update_execution_options(self, **opt: Any) -> None:
+        """Update this engine's default execution options in place."""
+        self.sync_engine.update_execution_options(**opt)
+
+    def clear_compiled_cache(self) -> None:
+        """Clear the compiled-statement cache of this engine's dialect."""
+        self.sync_engine.clear_compiled_cache()
+
+    # -- plain attributes ------------------------------------------------------
+
+    @property
+    def url(self) -> URL:
+        """The engine's :class:`~sqlalchemy.engine.URL`."""
+        return self.sync_engine.url
+
+    @url.setter
+    def url(self, attr: URL) -> None:
+        self.sync_engine.url = attr
+
+    @property
+    def pool(self) -> Pool:
+        """The engine's connection pool."""
+        return self.sync_engine.pool
+
+    @pool.setter
+    def pool(self, attr: Pool) -> None:
+        self.sync_engine.pool = attr
+
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's dialect."""
+        return self.sync_engine.dialect
+
+    @dialect.setter
+    def dialect(self, attr: Dialect) -> None:
+        self.sync_engine.dialect = attr
+
+    @property
+    def engine(self) -> Engine:
+        """The sync :class:`~sqlalchemy.engine.Engine` (same as :attr:`sync_engine`)."""
+        return self.sync_engine.engine
+
+    @property
+    def name(self) -> str:
+        """The dialect's name, e.g. ``"postgresql"``."""
+        return self.sync_engine.name
+
+    @property
+    def driver(self) -> str:
+        """The DBAPI driver's name, e.g. ``"psycopg"``."""
+        return self.sync_engine.driver
+
+    @property
+    def echo(self) -> Any:
+        """Whether SQL is logged (see ``create_engine(echo=...)``)."""
+        return self.sync_engine.echo
+
+    @echo.setter
+    def echo(self, attr: Any) -> None:
+        self.sync_engine.echo = attr
+
+
+# --------------------------------------------------------------------------
+# AsyncConnection
+
+
+def _buffer_result(result: CursorResult[Any], method: str) -> CursorResult[Any]:
+    """Runs on the worker: fetch every row now, so that reading the result on the
+    event loop touches neither the driver nor the connection."""
+    if result.context._is_server_side:
+        result.close()
+        raise AsyncMethodRequired(
+            f"Can't use the AsyncConnection.{method}() method with a server-side "
+            "cursor. Use the AsyncConnection.stream() method for an async streaming "
+            "result set."
+        )
+    cursor = result.cursor
+    if cursor is not None and result.returns_rows:
+        strategy = result.cursor_strategy
+        rows = strategy.fetchall(result, cursor)  # also soft-closes the DBAPI cursor
+        result.cursor_strategy = FullyBufferedCursorFetchStrategy(
+            None,
+            alternate_description=strategy.alternate_cursor_description,
+            initial_buffer=rows,
+        )
+    return result
+
+
+class AsyncConnection(StartableContext["AsyncConnection"]):
+    """An asyncio front for a sync :class:`~sqlalchemy.engine.Connection`.
+
+    Get one from :meth:`AsyncEngine.connect` (``async with engine.connect() as
+    conn``) or :meth:`AsyncSession.connection`.  It holds a worker thread from
+    ``start()`` until ``close()``; every call runs there, in order.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_owns_runner",
+        "_runner",
+        "engine",
+        "sync_connection",
+        "sync_engine",
+    )
+
+    def __init__(self, async_engine: AsyncEngine, sync_connection: Connection | None = None):
+        self.engine = async_engine
+        self.sync_engine = async_engine.sync_engine
+        self.sync_connection = sync_connection
+        self._runner = new_runner(self.sync_engine, "AsyncConnection")
+        self._owns_runner = True
+
+    @classmethod
+    def _for_session(
+        cls, engine: AsyncEngine, sync_connection: Connection, runner: _worker.Runner
+    ) -> AsyncConnection:
+        """A connection that shares a session's runner (and so its thread)."""
+        conn = cls.__new__(cls)
+        conn.engine = engine
+        conn.sync_engine = engine.sync_engine
+        conn.sync_connection = sync_connection
+        conn._runner = runner
+        conn._owns_runner = False
+        return conn
+
+    # -- proxy comparisons ------------------------------------------------------
+
+    @property
+    def _proxied(self) -> Connection:
+        return self._connection_for()
+
+    def __hash__(self) -> int:
+        return id(self.sync_connection) if self.sync_connection is not None else id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, AsyncConnection)
+            and self.sync_connection is not None
+            and self.sync_connection is other.sync_connection
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def _connection_for(self) -> Connection:
+        conn = self.sync_connection
+        if conn is None:
+            self._raise_for_not_started()
+        return conn
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
+        """Connect (check a connection out of the pool) on this connection's worker."""
+        if self.sync_connection is not None:
+            raise AsyncContextAlreadyStarted("connection is already started")
+        conn = await self._runner.run(self.sync_engine.connect)
+        self.sync_connection = conn
+        self._runner.finalizer = conn.close  # closes it on its worker if never closed
+        return self
+
+    async def close(self) -> None:
+        """Close the connection (returning it to the pool) and release its worker.
+        A cancellation cannot interrupt closing."""
+        conn = self.sync_connection
+        try:
+            if conn is not None and not conn.closed:
+                await self._runner.run_shielded(conn.close)
+        finally:
+            if self._owns_runner:
+                self._runner.release()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`, for :func:`contextlib.aclosing`."""
+        await self.close()
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        await self.close()
+
+    async def invalidate(self, exception: BaseException | None = None) -> None:
+        """Invalidate the underlying DBAPI connection; see :meth:`Connection.invalidate`."""
+        await self._runner.run(self._connection_for().invalidate, exception)
+
+    # -- transactions ----------------------------------------------------------
+
+    def begin(self) -> AsyncTransaction:
+        """A transaction: ``async with conn.begin():`` or ``await conn.begin()``."""
+        self._connection_for()
+        return AsyncTransaction(self)
+
+    def begin_nested(self) -> AsyncTransaction:
+        """A SAVEPOINT: ``async with conn.begin_nested():``."""
+        self._connection_for()
+        return AsyncTransaction(self, nested=True)
+
+    async def commit(self) -> None:
+        """Commit the transaction in progress."""
+        await self._runner.run(self._connection_for().commit)
+
+    async def rollback(self) -> None:
+        """Roll back the transaction in progress."""
+        await self._runner.run(self._connection_for().rollback)
+
+    def in_transaction(self) -> bool:
+        """True if a transaction is in progress."""
+        return self._connection_for().in_transaction()
+
+    def in_nested_transaction(self) -> bool:
+        """True if a SAVEPOINT is in progress."""
+        return self._connection_for().in_nested_transaction()
+
+    def get_transaction(self) -> AsyncTransaction | None:
+        """The :class:`AsyncTransaction` in progress, if any."""
+        trans = self._connection_for().get_transaction()
+        return AsyncTransaction._wrap(self, trans, False) if trans is not None else None
+
+    def get_nested_transaction(self) -> AsyncTransaction | None:
+        """The innermost SAVEPOINT :class:`AsyncTransaction` in progress, if any."""
+        trans = self._connection_for().get_nested_transaction()
+        return AsyncTransaction._wrap(self, trans, True) if trans is not None else None
+
+    # -- options and attributes ---------------------------------------------------
+
+    async def execution_options(self, **opt: Any) -> AsyncConnection:
+        """Set execution options on this connection (in place) and return it."""
+        conn = self._connection_for()
+        c2 = await self._runner.run(lambda: conn.execution_options(**opt))
+        assert c2 is conn
+        return self
+
+    async def get_raw_connection(self) -> PoolProxiedConnection:
+        """The pooled DBAPI connection this connection uses."""
+        conn = self._connection_for()
+        return await self._runner.run(getattr, conn, "connection")
+
+    async def get_isolation_level(self) -> IsolationLevel:
+        """The isolation level of this connection, read from the database."""
+        return await self._runner.run(self._connection_for().get_isolation_level)
+
+    @property
+    def default_isolation_level(self) -> IsolationLevel | None:
+        """The dialect's default isolation level for new connections."""
+        return self._connection_for().default_isolation_level
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed."""
+        conn = self.sync_connection
+        return conn is not None and conn.closed
+
+    @property
+    def invalidated(self) -> bool:
+        """True if the underlying DBAPI connection was invalidated."""
+        conn = self.sync_connection
+        return conn is not None and conn.invalidated
+
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's dialect."""
+        return self.sync_engine.dialect
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        """The ``info`` dictionary of the underlying pooled DBAPI connection."""
+        return self._connection_for().info
+
+    @property
+    def connection(self) -> NoReturn:
+        """Not available: use ``await conn.get_raw_connection()``."""
+        raise sa_exc.InvalidRequestError(
+            "AsyncConnection.connection accessor is not implemented as the "
+            "attribute may need to reconnect on an invalidated connection. "
+            "Use the get_raw_connection() method."
+        )
+
+    # -- statements ------------------------------------------------------------
+
+    @overload
+    async def execute(
+        self,
+        statement: TypedReturnsRows[Any],
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> CursorResult[Any]: ...
+
+    @overload
+    async def execute(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> CursorResult[Any]: ...
+
+    async def execute(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> CursorResult[Any]:
+        """Execute a statement and return a buffered :class:`CursorResult`
+        (every row fetched on the worker)."""
+        conn = self._connection_for()
+        return await self._runner.run(
+            self._execute_sync, conn, statement, parameters, execution_options
+        )
+
+    @staticmethod
+    def _execute_sync(
+        conn: Connection,
+        statement: Executable,
+        parameters: Any,
+        execution_options: Any,
+    ) -> CursorResult[Any]:
+        result = conn.execute(statement, parameters, execution_options=execution_options)
+        return _buffer_result(result, "execute")
+
+    async def exec_driver_sql(
+        self,
+        statement: str,
+        parameters: _DBAPIAnyExecuteParams | None = None,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> CursorResult[Any]:
+        """Execute a string of SQL directly on the driver; rows are buffered."""
+        conn = self._connection_for()
+
+        def call() -> CursorResult[Any]:
+            result = conn.exec_driver_sql(statement, parameters, execution_options)
+            return _buffer_result(result, "exec_driver_sql")
+
+        return await self._runner.run(call)
+
+    async def scalar(
+        self,
+        statement: Executable,
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> Any:
+        """Execute and return the first column of the first row."""
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalar()
+
+    async def scalars(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> Any:
+        """Execute and return a :class:`ScalarResult` of the first column."""
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalars()
+
+    def stream(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncResult[Any]]:
+        """Execute with a server-side cursor (PostgreSQL) or a lazily fetched
+        cursor (SQLite) and return an :class:`AsyncResult` that fetches rows
+        in chunks, one thread hop per chunk.  Await it or use ``async with``."""
+        return _ResultContext(self._stream(statement, parameters, execution_options))
+
+    async def _stream(
+        self, statement: Executable, parameters: Any, execution_options: Any
+    ) -> AsyncResult[Any]:
+        conn = self._connection_for()
+        options = _STREAM.union(execution_options) if execution_options else _STREAM
+        result = await self._runner.run(
+            lambda: conn.execute(statement, parameters, execution_options=options)
+        )
+        return AsyncResult(result, self._runner)
+
+    def stream_scalars(
+        self,
+        statement: Executable,
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncScalarResult[Any]]:
+        """Like :meth:`stream`, returning an :class:`AsyncScalarResult`."""
+        return _ResultContext(self._stream_scalars(statement, parameters, execution_options))
+
+    async def _stream_scalars(
+        self, statement: Executable, parameters: Any, execution_options: Any
+    ) -> AsyncScalarResult[Any]:
+        result = await self._stream(statement, parameters, execution_options)
+        return result.scalars()
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[Connection, _P], _T], *arg: _P.args, **kw: _P.kwargs
+    ) -> _T:
+        """Run ``fn(sync_connection, *arg, **kw)`` on this connection's worker
+        thread, e.g. ``await conn.run_sync(metadata.create_all)``."""
+        conn = self._connection_for()
+        return await self._runner.run_marked(lambda: fn(conn, *arg, **kw))
+
+
+# --------------------------------------------------------------------------
+# AsyncTransaction
+
+
+class AsyncTransaction(StartableContext["AsyncTransaction"]):
+    """An asyncio front for a sync :class:`~sqlalchemy.engine.Transaction`."""
+
+    __slots__ = ("connection", "nested", "sync_transaction")
+
+    def __init__(self, connection: AsyncConnection, nested: bool = False):
+        self.connection = connection
+        self.nested = nested
+        self.sync_transaction: Transaction | None = None
+
+    @classmethod
+    def _wrap(
+        cls, connection: AsyncConnection, trans: Transaction, nested: bool
+    ) -> AsyncTransaction:
+        wrapped = cls(connection, nested)
+        wrapped.sync_transaction = trans
+        return wrapped
+
+    def __hash__(self) -> int:
+        return id(self.sync_transaction) if self.sync_transaction is not None else id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, AsyncTransaction)
+            and self.sync_transaction is not None
+            and self.sync_transaction is other.sync_transaction
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def _sync(self) -> Transaction:
+        trans = self.sync_transaction
+        if trans is None:
+            self._raise_for_not_started()
+        return trans
+
+    @property
+    def _proxied(self) -> Transaction:
+        return self._sync()
+
+    @property
+    def is_valid(self) -> bool:
+        """True while the transaction can still be used (see :attr:`Transaction.is_valid`)."""
+        return self._sync().is_valid
+
+    @property
+    def is_active(self) -> bool:
+        """True while the transaction is in progress."""
+        return self._sync().is_active
+
+    async def close(self) -> None:
+        """Close the transaction: roll back a root one, release a nested one."""
+        await self.connection._runner.run_shielded(self._sync().close)
+
+    async def rollback(self) -> None:
+        """Roll back this transaction."""
+        await self.connection._runner.run(self._sync().rollback)
+
+    async def commit(self) -> None:
+        """Commit this transaction."""
+        await self.connection._runner.run(self._sync().commit)
+
+    async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
+        """Begin the transaction on the connection's worker."""
+        if self.sync_transaction is not None:
+            raise AsyncContextAlreadyStarted("transaction is already started")
+        conn = self.connection._connection_for()
+        begin: Callable[[], RootTransaction | NestedTransaction] = (
+            conn.begin_nested if self.nested else conn.begin
+        )
+        self.sync_transaction = await self.connection._runner.run(begin)
+        return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        trans = self._sync()
+        await self.connection._runner.run_shielded(trans.__exit__, type_, value, traceback)
+
+
+def _get_sync_engine_or_connection(
+    async_engine: AsyncEngine | AsyncConnection | Engine | Connection,
+) -> Engine | Connection:
+    if isinstance(async_engine, AsyncConnection):
+        return async_engine._connection_for()
+    if isinstance(async_engine, AsyncEngine):
+        return async_engine.sync_engine
+    if isinstance(async_engine, (Engine, Connection)):
+        return async_engine
+    raise sa_exc.ArgumentError(
+        f"AsyncEngine, AsyncConnection or a sync Engine expected, got {async_engine!r}"
+    )

@@ -1,0 +1,384 @@
+"""AsyncResult and its scalar, mapping and tuple views.
+
+Returned by ``stream()`` / ``stream_scalars()``: the sync result keeps its
+server-side cursor (PostgreSQL) or lazy cursor (SQLite) on the owner's worker
+thread, and rows come to the event loop in chunks, one thread hop per chunk
+(``yield_per`` rows, 1000 by default).  ``async for`` then serves rows from the
+chunk without further hops.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Result, Row, RowMapping
+from sqlalchemy.engine.result import FilterResult, FrozenResult, _WithKeys
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.result import _KeyIndexType, _UniqueFilterType
+
+    from ._worker import Runner
+
+_T = TypeVar("_T", bound=Any)
+_R = TypeVar("_R", bound=Any)
+_TP = TypeVar("_TP", bound=Any)
+
+__all__ = ["AsyncMappingResult", "AsyncResult", "AsyncScalarResult", "AsyncTupleResult"]
+
+#: rows fetched per thread hop when no yield_per is set
+DEFAULT_CHUNK = 1000
+
+_NO_RUNNER = (
+    "This {cls} is not attached to an async_orm session or connection. Get async "
+    "results from AsyncSession.stream() or AsyncConnection.stream()."
+)
+
+
+class AsyncCommon(FilterResult[_R]):
+    """Shared machinery: a local buffer filled one chunk per hop."""
+
+    __slots__ = ()
+
+    _real_result: Result[Any]
+    _runner: Runner
+    _buffer: deque[Any]
+
+    def _attach(self, runner: Runner | None) -> None:
+        if runner is not None:
+            self._runner = runner
+        self._buffer = deque()
+
+    def _get_runner(self) -> Runner:
+        try:
+            return self._runner
+        except AttributeError:
+            raise sa_exc.InvalidRequestError(_NO_RUNNER.format(cls=type(self).__name__)) from None
+
+    def _chunk(self, size: int | None) -> int:
+        return size or self._real_result._yield_per or DEFAULT_CHUNK
+
+    async def _next_row(self) -> Any:
+        buffer = self._buffer
+        if not buffer:
+            rows = await self._get_runner().run(self._manyrow_getter, self, self._chunk(None))
+            if not rows:
+                return None
+            buffer.extend(rows)
+        return buffer.popleft()
+
+    async def _many(self, size: int | None) -> list[Any]:
+        buffer = self._buffer
+        if buffer:
+            count = len(buffer) if size is None else min(size, len(buffer))
+            taken = [buffer.popleft() for _ in range(count)]
+            if size is None or count == size:
+                return taken
+            more = await self._get_runner().run(self._manyrow_getter, self, size - count)
+            return taken + list(more)
+        return list(await self._get_runner().run(self._manyrow_getter, self, self._chunk(size)))
+
+    async def _rest(self) -> list[Any]:
+        taken = list(self._buffer)
+        self._buffer.clear()
+        rows = await self._get_runner().run(self._allrows)
+        return taken + list(rows) if taken else list(rows)
+
+    async def _one_row(
+        self, raise_for_second_row: bool, raise_for_none: bool, scalar: bool
+    ) -> Any:
+        if not self._buffer:
+            return await self._get_runner().run(
+                self._only_one_row, raise_for_second_row, raise_for_none, scalar
+            )
+        # part of the result was already served from a chunk: decide locally
+        rows = await self._rest() if raise_for_second_row else [self._buffer[0]]
+        self._buffer.clear()
+        await self._get_runner().run(self._real_result.close)
+        if not rows:
+            if raise_for_none:
+                raise sa_exc.NoResultFound("No row was found when one was required")
+            return None
+        if raise_for_second_row and len(rows) > 1:
+            raise sa_exc.MultipleResultsFound(
+                "Multiple rows were found when exactly one was required"
+                if raise_for_none
+                else "Multiple rows were found when one or none was required"
+            )
+        row = rows[0]
+        return row[0] if scalar and isinstance(row, Row) else row
+
+    async def _partitions(self, size: int | None) -> AsyncIterator[Sequence[Any]]:
+        while True:
+            partition = await self._many(self._chunk(size))
+            if not partition:
+                break
+            yield partition
+
+    async def close(self) -> None:  # type: ignore[override]
+        """Close this result (and its server-side cursor), on the worker."""
+        self._buffer.clear()
+        await self._get_runner().run(self._real_result.close)
+
+    @property
+    def closed(self) -> bool:
+        """True once the underlying result is closed."""
+        return self._real_result.closed
+
+
+class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
+    """An asyncio wrapper around a streaming :class:`~sqlalchemy.engine.Result`.
+
+    Returned by :meth:`AsyncConnection.stream` and :meth:`AsyncSession.stream`.
+    As with the sync ``Result``, ORM rows are not de-duplicated unless
+    :meth:`unique` is applied.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, real_result: Result[Any], _runner: Runner | None = None) -> None:
+        self._real_result = real_result
+        self._metadata = real_result._metadata
+        self._unique_filter_state = real_result._unique_filter_state
+        self._source_supports_scalars = real_result._source_supports_scalars
+        self._post_creational_filter = None
+        if "_row_getter" in real_result.__dict__:
+            self._set_memoized_attribute("_row_getter", real_result.__dict__["_row_getter"])
+        self._attach(_runner)
+
+    @property
+    def t(self) -> AsyncTupleResult[_TP]:
+        """Typing-only: the same result, typed as tuples (see :meth:`tuples`)."""
+        return self  # type: ignore[return-value]
+
+    def tuples(self) -> AsyncTupleResult[_TP]:
+        """Typing-only: the same result, typed as tuples."""
+        return self  # type: ignore[return-value]
+
+    def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[_TP]:
+        """De-duplicate rows (or ORM objects) in Python; applied in place."""
+        self._unique_filter_state = (set(), strategy)
+        return self
+
+    def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[_TP]:
+        """Limit the columns of each row, by position or name."""
+        return self._column_slices(col_expressions)
+
+    async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[Row[_TP]]]:
+        """Iterate over lists of up to ``size`` rows, one thread hop per list."""
+        async for partition in self._partitions(size):
+            yield partition
+
+    async def fetchall(self) -> Sequence[Row[_TP]]:
+        """All remaining rows (same as :meth:`all`)."""
+        return await self._rest()
+
+    async def fetchone(self) -> Row[_TP] | None:
+        """The next row, or ``None`` when exhausted."""
+        return await self._next_row()  # type: ignore[no-any-return]
+
+    async def fetchmany(self, size: int | None = None) -> Sequence[Row[_TP]]:
+        """Up to ``size`` rows; an empty list when exhausted."""
+        return await self._many(size)
+
+    async def all(self) -> Sequence[Row[_TP]]:
+        """All remaining rows, closing the result."""
+        return await self._rest()
+
+    def __aiter__(self) -> AsyncResult[_TP]:
+        return self
+
+    async def __anext__(self) -> Row[_TP]:
+        row = await self._next_row()
+        if row is None:
+            raise StopAsyncIteration()
+        return row  # type: ignore[no-any-return]
+
+    async def first(self) -> Row[_TP] | None:
+        """The first row or ``None``; closes the result."""
+        return await self._one_row(False, False, False)  # type: ignore[no-any-return]
+
+    async def one_or_none(self) -> Row[_TP] | None:
+        """The only row or ``None``; raises if there is more than one."""
+        return await self._one_row(True, False, False)  # type: ignore[no-any-return]
+
+    async def scalar_one(self) -> Any:
+        """The first column of the only row; raises unless exactly one row."""
+        return await self._one_row(True, True, True)
+
+    async def scalar_one_or_none(self) -> Any | None:
+        """The first column of the only row, or ``None``; raises if several."""
+        return await self._one_row(True, False, True)
+
+    async def one(self) -> Row[_TP]:
+        """The only row; raises unless exactly one."""
+        return await self._one_row(True, True, False)  # type: ignore[no-any-return]
+
+    async def scalar(self) -> Any:
+        """The first column of the first row, or ``None``; closes the result."""
+        return await self._one_row(False, False, True)
+
+    async def freeze(self) -> FrozenResult[_TP]:
+        """A :class:`FrozenResult` of the remaining rows, built on the worker."""
+        if self._buffer:
+            raise sa_exc.InvalidRequestError(
+                "freeze() must be called before rows are fetched from this AsyncResult."
+            )
+        return await self._get_runner().run(FrozenResult, self._real_result)
+
+    @overload
+    def scalars(self: AsyncResult[tuple[_T]], index: int = 0) -> AsyncScalarResult[_T]: ...
+
+    @overload
+    def scalars(self, index: _KeyIndexType = 0) -> AsyncScalarResult[Any]: ...
+
+    def scalars(self, index: _KeyIndexType = 0) -> AsyncScalarResult[Any]:
+        """An :class:`AsyncScalarResult` of one column (the first by default)."""
+        return AsyncScalarResult(self, index)
+
+    def mappings(self) -> AsyncMappingResult:
+        """An :class:`AsyncMappingResult`, yielding :class:`RowMapping` objects."""
+        return AsyncMappingResult(self)
+
+
+class AsyncScalarResult(AsyncCommon[_R]):
+    """An :class:`AsyncResult` that yields one column's values instead of rows."""
+
+    __slots__ = ()
+
+    _generate_rows = False
+
+    def __init__(self, result: AsyncResult[Any], index: _KeyIndexType) -> None:
+        self._real_result = result._real_result
+        if result._source_supports_scalars:
+            self._metadata = result._metadata
+            self._post_creational_filter = None
+        else:
+            self._metadata = result._metadata._reduce([index])
+            self._post_creational_filter = operator.itemgetter(0)
+        self._unique_filter_state = result._unique_filter_state
+        self._attach(getattr(result, "_runner", None))
+
+    def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncScalarResult[_R]:
+        """De-duplicate values in Python; applied in place."""
+        self._unique_filter_state = (set(), strategy)
+        return self
+
+    async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[_R]]:
+        """Iterate over lists of up to ``size`` values, one thread hop per list."""
+        async for partition in self._partitions(size):
+            yield partition
+
+    async def fetchall(self) -> Sequence[_R]:
+        """All remaining values (same as :meth:`all`)."""
+        return await self._rest()
+
+    async def fetchmany(self, size: int | None = None) -> Sequence[_R]:
+        """Up to ``size`` values; an empty list when exhausted."""
+        return await self._many(size)
+
+    async def all(self) -> Sequence[_R]:
+        """All remaining values, closing the result."""
+        return await self._rest()
+
+    def __aiter__(self) -> AsyncScalarResult[_R]:
+        return self
+
+    async def __anext__(self) -> _R:
+        if self._buffer:
+            return self._buffer.popleft()  # type: ignore[no-any-return]
+        rows = await self._many(None)
+        if not rows:
+            raise StopAsyncIteration()
+        self._buffer.extend(rows[1:])
+        return rows[0]  # type: ignore[no-any-return]
+
+    async def first(self) -> _R | None:
+        """The first value or ``None``; closes the result."""
+        return await self._one_row(False, False, False)  # type: ignore[no-any-return]
+
+    async def one_or_none(self) -> _R | None:
+        """The only value or ``None``; raises if there is more than one."""
+        return await self._one_row(True, False, False)  # type: ignore[no-any-return]
+
+    async def one(self) -> _R:
+        """The only value; raises unless exactly one."""
+        return await self._one_row(True, True, False)  # type: ignore[no-any-return]
+
+
+class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
+    """An :class:`AsyncResult` that yields :class:`RowMapping` objects."""
+
+    __slots__ = ()
+
+    _generate_rows = True
+    _post_creational_filter = operator.attrgetter("_mapping")
+
+    def __init__(self, result: AsyncResult[Any]) -> None:
+        self._real_result = result._real_result
+        self._unique_filter_state = result._unique_filter_state
+        self._metadata = result._metadata
+        if result._source_supports_scalars:
+            self._metadata = self._metadata._reduce([0])
+        self._attach(getattr(result, "_runner", None))
+
+    def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncMappingResult:
+        """De-duplicate mappings in Python; applied in place."""
+        self._unique_filter_state = (set(), strategy)
+        return self
+
+    def columns(self, *col_expressions: _KeyIndexType) -> AsyncMappingResult:
+        """Limit the keys of each mapping."""
+        return self._column_slices(col_expressions)
+
+    async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[RowMapping]]:
+        """Iterate over lists of up to ``size`` mappings, one thread hop per list."""
+        async for partition in self._partitions(size):
+            yield partition
+
+    async def fetchall(self) -> Sequence[RowMapping]:
+        """All remaining mappings (same as :meth:`all`)."""
+        return await self._rest()
+
+    async def fetchone(self) -> RowMapping | None:
+        """The next mapping, or ``None`` when exhausted."""
+        return await self._next_row()  # type: ignore[no-any-return]
+
+    async def fetchmany(self, size: int | None = None) -> Sequence[RowMapping]:
+        """Up to ``size`` mappings; an empty list when exhausted."""
+        return await self._many(size)
+
+    async def all(self) -> Sequence[RowMapping]:
+        """All remaining mappings, closing the result."""
+        return await self._rest()
+
+    def __aiter__(self) -> AsyncMappingResult:
+        return self
+
+    async def __anext__(self) -> RowMapping:
+        row = await self._next_row()
+        if row is None:
+            raise StopAsyncIteration()
+        return row  # type: ignore[no-any-return]
+
+    async def first(self) -> RowMapping | None:
+        """The first mapping or ``None``; closes the result."""
+        return await self._one_row(False, False, False)  # type: ignore[no-any-return]
+
+    async def one_or_none(self) -> RowMapping | None:
+        """The only mapping or ``None``; raises if there is more than one."""
+        return await self._one_row(True, False, False)  # type: ignore[no-any-return]
+
+    async def one(self) -> RowMapping:
+        """The only mapping; raises unless exactly one."""
+        return await self._one_row(True, True, False)  # type: ignore[no-any-return]
+
+
+class AsyncTupleResult(AsyncCommon[_R], Generic[_R]):
+    """Typing-only view of an :class:`AsyncResult` whose rows are typed as
+    tuples; at runtime it is the :class:`AsyncResult` itself."""
+
+    __slots__ = ()
