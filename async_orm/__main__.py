@@ -62,8 +62,10 @@ async def demo(url: str) -> int:
     engine = create_async_engine(url, pool_size=4, max_overflow=0)
     safe_url = engine.url.render_as_string(hide_password=True)
     _say(f"async_orm {async_orm.__version__} demo on {safe_url}")
-    _say(f"  driver: {engine.dialect.name}+{engine.driver} (sync), greenlet imported: "
-         f"{'greenlet' in sys.modules}")
+    _say(
+        f"  driver: {engine.dialect.name}+{engine.driver} (sync), greenlet imported: "
+        f"{'greenlet' in sys.modules}"
+    )
 
     # which threads run SQL statements
     statement_threads: set[int] = set()
@@ -97,7 +99,10 @@ async def demo(url: str) -> int:
             await session.commit()
             ident = await session.run_sync(lambda _s: threading.get_ident())
             threads_by_request[n] = ident
-            return f"   request {n}: post {post.id} now has {post.views} view(s), ran on {_thread_name(ident)}"
+            return (
+                f"   request {n}: post {post.id} now has {post.views} view(s), "
+                f"ran on {_thread_name(ident)}"
+            )
 
     start = time.perf_counter()
     for line in await asyncio.gather(*(request(n) for n in range(8))):
@@ -105,22 +110,25 @@ async def demo(url: str) -> int:
     elapsed = time.perf_counter() - start
     _say(
         f"   {len(threads_by_request)} requests, {len(set(threads_by_request.values()))} distinct "
-        f"worker threads (the engine allows {engine.sync_engine.pool.size()} at once), "
+        f"worker threads (the engine allows {engine._limiter.capacity} at once), "
         f"{elapsed * 1000:.0f} ms; the event loop thread ran no SQL."
     )
 
     _say("\n3. Eager loading: authors with their posts in two queries (selectinload).")
     async with Session() as session:
         authors = (
-            await session.scalars(select(Author).options(selectinload(Author.posts)).order_by(Author.id))
+            await session.scalars(
+                select(Author).options(selectinload(Author.posts)).order_by(Author.id)
+            )
         ).all()
         for author in authors:
             _say(f"   {author.name}: {', '.join(p.title for p in author.posts)}")
 
     _say("\n4. A lazy load from async code is refused instead of blocking the event loop:")
     async with Session() as session:
-        author = await session.get(Author, 1)
-        assert author is not None
+        first = await session.get(Author, 1)
+        assert first is not None
+        author = first
         try:
             author.posts  # noqa: B018 - the lazy load is the point
         except EventLoopIOError as error:
@@ -145,10 +153,10 @@ async def demo(url: str) -> int:
         async with engine.begin() as conn:
             await conn.run_sync(_Base.metadata.drop_all)
     await engine.dispose()
-    loop_thread = threading.get_ident()
+    on_loop = threading.get_ident() in statement_threads
+    where = "and on the event loop thread too (a bug!)" if on_loop else "never on the loop thread"
     _say(
-        f"\nDone: SQL ran on {len(statement_threads)} worker thread(s), "
-        f"{'and on the event loop thread too (a bug!)' if loop_thread in statement_threads else 'never on the event loop thread'}; "
+        f"\nDone: SQL ran on {len(statement_threads)} worker thread(s), {where}; "
         f"greenlet imported: {'greenlet' in sys.modules}."
     )
     return 0

@@ -27,6 +27,7 @@ import contextvars
 import itertools
 import os
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -346,19 +347,28 @@ class _Canceller:
     def _main(self) -> None:
         while True:
             hook, item, worker = self._queue.get()
-            with worker.lock:
-                running = item.state == _RUNNING
-            if not running:
-                continue  # finished meanwhile: interrupting now could hit the next call
-            try:
-                hook()
-            except Exception as error:  # an interrupt that fails must not kill the thread
-                warnings.warn(
-                    f"async_orm could not interrupt a running statement: {error!r}",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
+            # The interrupt can reach the driver just before the statement starts
+            # (PostgreSQL then ignores it), so repeat it while that same call still
+            # runs; never once it has finished, or it could hit the next call.
+            for _ in range(_INTERRUPT_ATTEMPTS):
+                with worker.lock:
+                    if item.state != _RUNNING:
+                        break
+                try:
+                    hook()
+                except Exception as error:  # a failing interrupt must not kill the thread
+                    warnings.warn(
+                        f"async_orm could not interrupt a running statement: {error!r}",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+                    break
+                time.sleep(_INTERRUPT_INTERVAL)
 
+
+#: how often, and how far apart, an interrupt is repeated while the call still runs
+_INTERRUPT_ATTEMPTS = 50
+_INTERRUPT_INTERVAL = 0.1
 
 _canceller = _Canceller()
 

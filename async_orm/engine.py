@@ -60,6 +60,7 @@ _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
 __all__ = [
+    "AsyncConnectable",
     "AsyncConnection",
     "AsyncEngine",
     "AsyncTransaction",
@@ -214,7 +215,7 @@ def _before_commit(conn: Connection) -> None:
         raise _guard.commit_on_loop()
 
 
-def instrument(sync_engine: Engine) -> None:
+def _instrument(sync_engine: Engine) -> None:
     """Install async_orm's engine events once per engine (idempotent)."""
     if sync_engine.__dict__.get(_INSTRUMENTED):
         return
@@ -225,7 +226,7 @@ def instrument(sync_engine: Engine) -> None:
     event.listen(sync_engine, "commit", _before_commit)
 
 
-def interrupt_statement(thread_ident: int) -> None:
+def _interrupt_statement(thread_ident: int) -> None:
     """Interrupt the statement running on ``thread_ident``, at the driver.
 
     psycopg: ``cancel_safe()`` (3.2+) or ``cancel()``; sqlite3: ``interrupt()``.
@@ -270,7 +271,7 @@ def _pool_capacity(pool: Pool) -> int:
     return _worker.default_capacity()
 
 
-def limiter_for(
+def _limiter_for(
     sync_engine: Engine, max_workers: int | None = None, timeout: float | None = None
 ) -> _worker.Limiter:
     """The slot limiter of ``sync_engine``'s pool (one per pool, shared by the
@@ -299,14 +300,14 @@ def limiter_for(
     return limiter
 
 
-def new_runner(sync_engine: Engine | None, owner_name: str) -> _worker.Runner:
+def _new_runner(sync_engine: Engine | None, owner_name: str) -> _worker.Runner:
     """A runner for a session or connection bound to ``sync_engine``."""
     if sync_engine is None:
         limiter = _unbound_limiter
     else:
-        instrument(sync_engine)
-        limiter = limiter_for(sync_engine)
-    return _worker.Runner(limiter, interrupt_statement, owner_name)
+        _instrument(sync_engine)
+        limiter = _limiter_for(sync_engine)
+    return _worker.Runner(limiter, _interrupt_statement, owner_name)
 
 
 _unbound_limiter = _worker.Limiter(
@@ -328,7 +329,16 @@ _maintenance_limiter = _worker.Limiter(1 << 20, DEFAULT_WORKER_TIMEOUT, "engine 
 
 
 # --------------------------------------------------------------------------
-# StartableContext
+# StartableContext, AsyncConnectable
+
+
+class AsyncConnectable:
+    """Base of :class:`AsyncEngine` and :class:`AsyncConnection`: something a
+    session can be bound to."""
+
+    __slots__ = ()
+
+    sync_engine: Engine
 
 
 class StartableContext(Generic[_T]):
@@ -381,7 +391,7 @@ class _ResultContext(Generic[_T]):
 # AsyncEngine
 
 
-class AsyncEngine:
+class AsyncEngine(AsyncConnectable):
     """An asyncio front for a sync :class:`~sqlalchemy.engine.Engine`.
 
     Create one with :func:`create_async_engine`, or wrap an engine you already
@@ -407,8 +417,8 @@ class AsyncEngine:
         if sync_engine.dialect.is_async:
             _check_sync_url(sync_engine.url)
         self.sync_engine = sync_engine
-        instrument(sync_engine)
-        self._limiter = limiter_for(sync_engine, max_workers, worker_timeout)
+        _instrument(sync_engine)
+        self._limiter = _limiter_for(sync_engine, max_workers, worker_timeout)
 
     # -- proxy comparisons ------------------------------------------------------
 
@@ -557,7 +567,7 @@ def _buffer_result(result: CursorResult[Any], method: str) -> CursorResult[Any]:
     return result
 
 
-class AsyncConnection(StartableContext["AsyncConnection"]):
+class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     """An asyncio front for a sync :class:`~sqlalchemy.engine.Connection`.
 
     Get one from :meth:`AsyncEngine.connect` (``async with engine.connect() as
@@ -578,7 +588,7 @@ class AsyncConnection(StartableContext["AsyncConnection"]):
         self.engine = async_engine
         self.sync_engine = async_engine.sync_engine
         self.sync_connection = sync_connection
-        self._runner = new_runner(self.sync_engine, "AsyncConnection")
+        self._runner = _new_runner(self.sync_engine, "AsyncConnection")
         self._owns_runner = True
 
     @classmethod
@@ -727,8 +737,12 @@ class AsyncConnection(StartableContext["AsyncConnection"]):
 
     @property
     def dialect(self) -> Dialect:
-        """The engine's dialect."""
-        return self.sync_engine.dialect
+        """The connection's dialect."""
+        return self._connection_for().dialect
+
+    @dialect.setter
+    def dialect(self, attr: Dialect) -> None:
+        self._connection_for().dialect = attr
 
     @property
     def info(self) -> dict[Any, Any]:

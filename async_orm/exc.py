@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import exc as sa_exc
 
 __all__ = [
+    "AsyncBindNotFound",
     "AsyncContextAlreadyStarted",
     "AsyncContextNotStarted",
     "AsyncDriverURLError",
@@ -53,6 +54,13 @@ class AsyncContextAlreadyStarted(_Documented, sa_exc.InvalidRequestError):
     """A startable context (connection, transaction) was started twice."""
 
     code = "async-context-already-started"
+
+
+class AsyncBindNotFound(_Documented, sa_exc.InvalidRequestError):
+    """A sync bind has no async counterpart known to the AsyncSession (it was set
+    on ``sync_session`` directly instead of on the AsyncSession)."""
+
+    code = "async-bind-not-found"
 
 
 class EventLoopIOError(_Documented, sa_exc.MissingGreenlet):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result, Row, RowMapping
 from sqlalchemy.engine.result import FilterResult, FrozenResult, _WithKeys
+from sqlalchemy.util import TypingOnly
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.result import _KeyIndexType, _UniqueFilterType
@@ -27,7 +28,13 @@ _T = TypeVar("_T", bound=Any)
 _R = TypeVar("_R", bound=Any)
 _TP = TypeVar("_TP", bound=Any)
 
-__all__ = ["AsyncMappingResult", "AsyncResult", "AsyncScalarResult", "AsyncTupleResult"]
+__all__ = [
+    "AsyncCommon",
+    "AsyncMappingResult",
+    "AsyncResult",
+    "AsyncScalarResult",
+    "AsyncTupleResult",
+]
 
 #: rows fetched per thread hop when no yield_per is set
 DEFAULT_CHUNK = 1000
@@ -377,7 +384,7 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         return await self._one_row(True, True, False)  # type: ignore[no-any-return]
 
 
-class AsyncTupleResult(AsyncCommon[_R], Generic[_R]):
+class AsyncTupleResult(AsyncCommon[_R], TypingOnly, Generic[_R]):
     """Typing-only view of an :class:`AsyncResult` whose rows are typed as
     tuples; at runtime it is the :class:`AsyncResult` itself."""
 

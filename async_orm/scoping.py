@@ -137,18 +137,18 @@ def _forward_method(name: str) -> Callable[..., Any]:
 
 
 def _forward_classmethod(name: str) -> Any:
-    target = getattr(AsyncSession, name)
+    target = getattr(AsyncSession, name).__func__
     if inspect.iscoroutinefunction(target):
 
-        async def forward_async(*args: Any, **kw: Any) -> Any:
-            return await target(*args, **kw)
+        async def forward_async(cls: type[Any], *args: Any, **kw: Any) -> Any:
+            return await getattr(AsyncSession, name)(*args, **kw)
 
-        return staticmethod(functools.update_wrapper(forward_async, target))
+        return classmethod(functools.update_wrapper(forward_async, target))
 
-    def forward(*args: Any, **kw: Any) -> Any:
-        return target(*args, **kw)
+    def forward(cls: type[Any], *args: Any, **kw: Any) -> Any:
+        return getattr(AsyncSession, name)(*args, **kw)
 
-    return staticmethod(functools.update_wrapper(forward, target))
+    return classmethod(functools.update_wrapper(forward, target))
 
 
 def _forward_property(name: str) -> property:

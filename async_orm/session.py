@@ -37,9 +37,9 @@ from .engine import (
     StartableContext,
     _buffer_result,
     _get_sync_engine_or_connection,
-    new_runner,
+    _new_runner,
 )
-from .exc import AsyncMethodRequired, RollbackRequiredAfterCancel
+from .exc import AsyncBindNotFound, AsyncMethodRequired, RollbackRequiredAfterCancel
 from .result import AsyncResult, AsyncScalarResult
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class AsyncSession:
                 else (next(iter(sync_binds.values()), None) if sync_binds else None)
             )
             engine = first.engine if first is not None else None
-            runner = new_runner(engine, "AsyncSession")
+            runner = _new_runner(engine, "AsyncSession")
             runner.finalizer = self.sync_session.close
             self._owns_runner = True
         else:
@@ -726,25 +726,30 @@ class AsyncSession:
         ) -> _AsyncSessionBind:
             """Like :meth:`get_bind`, returning the :class:`AsyncEngine` or
             :class:`AsyncConnection`."""
-            sync_bind = self.get_bind(
-                mapper=mapper,
-                clause=clause,
-                bind=_get_sync_engine_or_connection(bind) if bind is not None else None,
-                **kw,
+            sync_bind = _get_sync_engine_or_connection(bind) if bind is not None else None
+            resolved = self.get_bind(mapper=mapper, clause=clause, bind=sync_bind, **kw)
+            if bind is not None and resolved is sync_bind:
+                return bind
+            for candidate in (self._bind, *(self._binds or {}).values()):
+                if candidate is not None and _get_sync_engine_or_connection(candidate) is resolved:
+                    return candidate
+            raise AsyncBindNotFound(
+                f"Can't translate bind {resolved!r}; it is not among the binds "
+                f"established for this {type(self).__name__}. Establish binds on the "
+                f"{type(self).__name__} (bind=, binds=, bind_mapper(), bind_table()) "
+                "rather than directly on its sync_session, so that the async object "
+                "each one was derived from is known."
             )
-            if isinstance(sync_bind, Connection):
-                return AsyncConnection._for_session(
-                    AsyncEngine(sync_bind.engine), sync_bind, self._runner
-                )
-            return AsyncEngine(sync_bind)
 
         def bind_mapper(self, mapper: _EntityBindKey[_O], bind: _AsyncSessionBind) -> None:
             """Bind a mapper (class) to an engine or connection."""
             self.sync_session.bind_mapper(mapper, _get_sync_engine_or_connection(bind))
+            self._binds = {**(self._binds or {}), mapper: bind}
 
         def bind_table(self, table: Any, bind: _AsyncSessionBind) -> None:
             """Bind a table to an engine or connection."""
             self.sync_session.bind_table(table, _get_sync_engine_or_connection(bind))
+            self._binds = {**(self._binds or {}), table: bind}
 
         @property
         def binds(self) -> dict[_SessionBindKey, _AsyncSessionBind] | None:

@@ -22,7 +22,9 @@ import async_orm
 from async_orm import _worker
 from tests.models import Base
 
-PG_URL = os.environ.get("ASYNC_ORM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "ASYNC_ORM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _pg_status: dict[str, str | None] = {}
@@ -81,13 +83,13 @@ def pg_schema() -> Iterator[str]:
 
 def pg_url_kwargs(schema: str) -> dict[str, Any]:
     """create_engine kwargs that put every connection in ``schema``."""
-    return {
-        "connect_args": {"options": f"-csearch_path={schema}", "application_name": schema}
-    }
+    return {"connect_args": {"options": f"-csearch_path={schema}", "application_name": schema}}
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+def db_url(
+    backend: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, Any]]:
     """(url, create_engine kwargs) for this test's database on ``backend``."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}", {}
