@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from typing import Any, Final, TypeVar
 from . import exc
 
 _T = TypeVar("_T")
+_log = logging.getLogger("async_orm")
 
 _get_ident = threading.get_ident
 _get_running_loop = asyncio.get_running_loop
@@ -356,11 +358,11 @@ class _Canceller:
                         break
                 try:
                     hook()
-                except Exception as error:  # a failing interrupt must not kill the thread
-                    warnings.warn(
-                        f"async_orm could not interrupt a running statement: {error!r}",
-                        RuntimeWarning,
-                        stacklevel=1,
+                except BaseException:  # nothing may kill this thread
+                    _log.warning(
+                        "async_orm could not interrupt a running statement; the "
+                        "cancelled call will finish on its own",
+                        exc_info=True,
                     )
                     break
                 time.sleep(_INTERRUPT_INTERVAL)

@@ -10,6 +10,7 @@ application already has.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import weakref
 from asyncio import _get_running_loop
@@ -229,9 +230,10 @@ def _instrument(sync_engine: Engine) -> None:
 def _interrupt_statement(thread_ident: int) -> None:
     """Interrupt the statement running on ``thread_ident``, at the driver.
 
-    psycopg: ``cancel_safe()`` (3.2+) or ``cancel()``; sqlite3: ``interrupt()``.
-    PyMySQL has no way to interrupt a running query from another thread: the
-    statement runs to its end and the cancellation is delivered then.
+    psycopg: ``cancel_safe()`` (3.2+) or ``cancel()``; sqlite3: ``interrupt()``;
+    PyMySQL: ``KILL QUERY <thread id>`` sent over a short-lived second connection,
+    as the ``mysql`` client does on Ctrl-C.  Called on async_orm's canceller
+    thread, never on the event loop.
     """
     dbapi_conn = _running.get(thread_ident)
     if dbapi_conn is None:
@@ -245,6 +247,27 @@ def _interrupt_statement(thread_ident: int) -> None:
         if method is not None:
             method()
             return
+    if callable(getattr(dbapi_conn, "thread_id", None)) and hasattr(dbapi_conn, "host"):
+        _kill_mysql_query(dbapi_conn)
+
+
+def _kill_mysql_query(dbapi_conn: Any) -> None:
+    killer = type(dbapi_conn)(
+        host=dbapi_conn.host,
+        port=dbapi_conn.port,
+        user=dbapi_conn.user,
+        password=dbapi_conn.password,
+        unix_socket=getattr(dbapi_conn, "unix_socket", None),
+        ssl=dbapi_conn.ctx
+        if isinstance(getattr(dbapi_conn, "_sock", None), ssl.SSLSocket)
+        else None,
+        connect_timeout=5,
+    )
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute(f"KILL QUERY {int(dbapi_conn.thread_id())}")
+    finally:
+        killer.close()
 
 
 # --------------------------------------------------------------------------

@@ -699,7 +699,13 @@ class AsyncSession:
 
     @classmethod
     async def close_all(cls) -> None:
-        """Close every AsyncSession in the process (see :func:`close_all_sessions`)."""
+        """Deprecated: close every AsyncSession in the process; use
+        :func:`close_all_sessions`."""
+        util.warn_deprecated(
+            "The AsyncSession.close_all() method is deprecated and will be removed in a "
+            "future release. Please refer to close_all_sessions().",
+            "2.0",
+        )
         await close_all_sessions()
 
     # -- binds --------------------------------------------------------------------------
@@ -752,11 +758,6 @@ class AsyncSession:
             self._binds = {**(self._binds or {}), table: bind}
 
         @property
-        def binds(self) -> dict[_SessionBindKey, _AsyncSessionBind] | None:
-            """The ``binds`` this session was created with."""
-            return self._binds
-
-        @property
         def execution_options(self) -> Any:
             """Default execution options of the sync session."""
             return self.sync_session.execution_options
@@ -764,6 +765,11 @@ class AsyncSession:
         @execution_options.setter
         def execution_options(self, value: Any) -> None:
             self.sync_session.execution_options = value
+
+    @property
+    def binds(self) -> dict[_SessionBindKey, _AsyncSessionBind] | None:
+        """The ``binds`` this session was created with (and bind_mapper/bind_table)."""
+        return self._binds
 
     @property
     def bind(self) -> Any:
@@ -940,9 +946,13 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
     if _HAS_21_API:
 
         @property
-        def connections(self) -> Any:
-            """The connections of this transaction, keyed by bind."""
-            return self._sync()._connections
+        def connections(self) -> frozenset[AsyncConnection]:
+            """The :class:`AsyncConnection` objects this transaction holds."""
+            runner = self.session._runner
+            return frozenset(
+                AsyncConnection._for_session(AsyncEngine(conn.engine), conn, runner)
+                for conn in self._sync().connections
+            )
 
         def bound_connection(
             self,
