@@ -124,6 +124,13 @@ def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
         )
 
 
+@event.listens_for(Session, "before_commit")
+def _guard_commit(session: Session) -> None:
+    # before the transaction changes state, so a refused commit leaves it usable
+    if loop_io_refused() and session.__dict__.get(GUARDED):
+        raise commit_on_loop()
+
+
 def statement_on_loop(statement: str) -> EventLoopIOError:
     """The error for a Core statement reaching the driver on the loop thread."""
     return EventLoopIOError(

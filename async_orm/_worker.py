@@ -525,9 +525,11 @@ class Runner:
             raise self._reentrant_error()
         if self._pending and self._loop is not loop:
             raise exc.CrossLoopError(
-                f"This {self.owner_name} is in use by another event loop "
-                f"({self._loop!r}) and cannot be used from {loop!r} at the same time. "
-                "Use one session per event loop (e.g. one per thread or per asyncio.run())."
+                f"This {self.owner_name} has calls in flight from another event loop "
+                f"(loop at {id(self._loop):#x}) and cannot be used from this one (loop at "
+                f"{id(loop):#x}, thread {threading.current_thread().name!r}) at the same "
+                "time. Use one session per event loop (e.g. one per thread or per "
+                "asyncio.run()), or wait for the other loop's calls to finish."
             )
         error = self._deferred_error
         if error is not None:

@@ -568,15 +568,16 @@ class AsyncEngine(AsyncConnectable):
 # AsyncConnection
 
 
-def _buffer_result(result: CursorResult[Any], method: str) -> CursorResult[Any]:
+def _buffer_result(
+    result: CursorResult[Any], method: str, owner: str = "AsyncConnection"
+) -> CursorResult[Any]:
     """Runs on the worker: fetch every row now, so that reading the result on the
     event loop touches neither the driver nor the connection."""
     if result.context._is_server_side:
         result.close()
         raise AsyncMethodRequired(
-            f"Can't use the AsyncConnection.{method}() method with a server-side "
-            "cursor. Use the AsyncConnection.stream() method for an async streaming "
-            "result set."
+            f"Can't use the {owner}.{method}() method with a server-side cursor. Use "
+            f"the {owner}.stream() method for an async streaming result set."
         )
     cursor = result.cursor
     if cursor is not None and result.returns_rows:
@@ -657,7 +658,11 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
         """Connect (check a connection out of the pool) on this connection's worker."""
         if self.sync_connection is not None:
-            raise AsyncContextAlreadyStarted("connection is already started")
+            raise AsyncContextAlreadyStarted(
+                "This AsyncConnection was already started (awaited or entered with "
+                "'async with'). Start a connection once: use the one you have, or get a "
+                "new one from engine.connect()."
+            )
         conn = await self._runner.run(self.sync_engine.connect)
         self.sync_connection = conn
         self._runner.finalizer = conn.close  # closes it on its worker if never closed
@@ -979,7 +984,10 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
     async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
         """Begin the transaction on the connection's worker."""
         if self.sync_transaction is not None:
-            raise AsyncContextAlreadyStarted("transaction is already started")
+            raise AsyncContextAlreadyStarted(
+                "This AsyncTransaction was already started. Commit or roll it back, or "
+                "begin another with conn.begin() / conn.begin_nested()."
+            )
         conn = self.connection._connection_for()
         begin: Callable[[], RootTransaction | NestedTransaction] = (
             conn.begin_nested if self.nested else conn.begin

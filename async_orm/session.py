@@ -91,7 +91,7 @@ def _ensure_sync_result(result: Result[Any], method: str) -> Result[Any]:
     """Runs on the worker: refuse server-side cursors in execute(), buffer Core
     cursor results so that reading them on the loop does no I/O."""
     if getattr(result, "_is_cursor", False):
-        return _buffer_result(result, method)  # type: ignore[arg-type]
+        return _buffer_result(result, method, "AsyncSession")  # type: ignore[arg-type]
     raw = getattr(result, "raw", None)
     if raw is not None and raw.context._is_server_side:
         raw.close()

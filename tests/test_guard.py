@@ -145,3 +145,11 @@ async def test_guard_checks_once_per_statement_not_per_row(
         event.remove(engine.sync_engine, "before_cursor_execute", count_statement)
     assert len(users) == 200
     assert 1 <= calls <= 2 * statements
+
+
+async def test_refused_sync_commit_leaves_the_session_usable(maker: Maker) -> None:
+    async with maker() as session:
+        await session.execute(text("select 1"))  # a transaction holding a connection
+        with pytest.raises(EventLoopIOError, match="COMMIT"):
+            session.sync_session.commit()
+        assert (await session.execute(text("select 2"))).scalar() == 2

@@ -102,7 +102,7 @@ async def test_one_session_used_from_two_loops_at_once_is_refused(maker: Maker) 
         await busy
         assert len(errors) == 1
         assert isinstance(errors[0], CrossLoopError)
-        assert "another event loop" in str(errors[0])
+        assert "from another event loop" in str(errors[0])
         # one loop at a time is fine: the session still works here
         assert (await session.execute(text("select 5"))).scalar() == 5
 

@@ -238,4 +238,4 @@ async def test_one_runner_used_from_two_loops_at_once_is_refused(runner: _worker
     release.set()
     await busy
     assert len(errors) == 1 and isinstance(errors[0], CrossLoopError)
-    assert "another event loop" in str(errors[0])
+    assert "from another event loop" in str(errors[0])

@@ -1,0 +1,342 @@
+"""Sphinx configuration for the async_orm documentation.
+
+CI builds it with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``
+and nothing but plain Sphinx installed (the ``docs`` extra): the default alabaster
+theme and ``sphinx.ext.*`` only.
+
+Two small directives are defined here:
+
+``.. optional-toctree::``
+    A toctree that lists only the entries whose ``.rst`` file exists.  Some pages
+    (benchmarks, integrations, reliability) are written by other parts of the
+    project and may not exist yet; the index names them all and the build neither
+    fails nor warns while one is missing.
+
+``.. changelog::``
+    The project's ``CHANGELOG.md`` as a literal block (plain Sphinx has no Markdown
+    parser), or a sentence saying there is none yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.directives.other import TocTree
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# CI installs async_orm; a bare checkout builds too.
+try:
+    import async_orm
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.path.insert(0, str(ROOT))
+    import async_orm
+
+# -- project -------------------------------------------------------------------
+
+project = "async_orm"
+author = "the async_orm authors"
+copyright = "the async_orm authors"
+release = async_orm.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- general -------------------------------------------------------------------
+
+extensions = ["sphinx.ext.autodoc"]
+
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+pygments_style = "sphinx"
+highlight_language = "python3"
+
+# -- autodoc -------------------------------------------------------------------
+
+autoclass_content = "class"
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+# Docstrings are written for this library; never show SQLAlchemy's in their place.
+autodoc_inherit_docstrings = False
+
+# -- html ----------------------------------------------------------------------
+
+html_theme = "alabaster"
+html_title = f"async_orm {release}"
+html_static_path = ["_static"]
+html_css_files = ["async_orm.css"]
+html_theme_options = {
+    "description": "SQLAlchemy's asyncio API over sync drivers, without greenlet",
+    "fixed_sidebar": True,
+    "page_width": "1140px",
+    "sidebar_width": "240px",
+}
+html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+html_show_sourcelink = False
+
+# -- .. optional-toctree:: -----------------------------------------------------
+
+
+class OptionalTocTree(TocTree):
+    """A toctree whose entries are kept only if their source file exists."""
+
+    def run(self) -> list[nodes.Node]:
+        kept = StringList()
+        srcdir = Path(self.env.srcdir)
+        for offset, line in enumerate(self.content):
+            entry = line.strip()
+            if not entry:
+                continue
+            # A missing dependency makes Sphinx re-read this document on every
+            # build, so a page that appears later is picked up incrementally too.
+            path = srcdir / f"{entry}.rst"
+            self.env.note_dependency(str(path))
+            if path.is_file():
+                kept.append(entry, *self.content.info(offset))
+        if not kept:
+            return []
+        self.content = kept
+        return super().run()
+
+
+# -- .. changelog:: ------------------------------------------------------------
+
+CHANGELOG = ROOT / "CHANGELOG.md"
+
+
+class Changelog(SphinxDirective):
+    """``CHANGELOG.md`` as a literal block, or a note that there is none yet."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        self.env.note_dependency(str(CHANGELOG))
+        if not CHANGELOG.is_file():
+            text = "No release has been recorded yet: the repository has no CHANGELOG.md."
+            return [nodes.paragraph(text, text)]
+        text = CHANGELOG.read_text(encoding="utf-8")
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+# -- .. public-api:: ------------------------------------------------------------
+
+
+def _source_line(obj: Any) -> int:
+    try:
+        return inspect.getsourcelines(obj)[1]
+    except (OSError, TypeError):
+        return 1 << 30
+
+
+def _own_bases(cls: type) -> bool:
+    """True if ``cls`` inherits public members from another async_orm class."""
+    return any(
+        base.__module__.startswith("async_orm") and base is not cls for base in cls.__mro__[1:]
+    )
+
+
+class PublicAPI(SphinxDirective):
+    """Document every name of a module's ``__all__``, in source order.
+
+    ``.. public-api:: async_orm.engine`` generates an ``autoclass`` (every member),
+    ``autofunction`` or ``autodata`` for each public name, under the name users
+    import: ``async_orm.X`` when the package exports it, else ``async_orm.engine.X``.
+    A name added to ``__all__`` is documented without touching the page.
+
+    The content may add text to an entry: an unindented line names the object, the
+    indented lines below it are appended to its documentation.
+    """
+
+    required_arguments = 1
+    has_content = True
+
+    def _extras(self) -> dict[str, list[str]]:
+        extras: dict[str, list[str]] = {}
+        current: list[str] | None = None
+        for line in self.content:
+            if line and not line[0].isspace():
+                current = extras.setdefault(line.strip(), [])
+            elif current is not None:
+                current.append(line)
+        return extras
+
+    def run(self) -> list[nodes.Node]:
+        modname = self.arguments[0]
+        module = importlib.import_module(modname)
+        package = importlib.import_module(modname.split(".")[0])
+        extras = self._extras()
+        unknown = set(extras) - set(module.__all__)
+        if unknown:
+            logger.warning(
+                "public-api %s: %s not in __all__",
+                modname,
+                ", ".join(sorted(unknown)),
+                location=self.get_location(),
+            )
+        objects = [(name, getattr(module, name)) for name in module.__all__]
+        objects.sort(key=lambda item: _source_line(item[1]))
+        lines: list[str] = []
+        for name, obj in objects:
+            exported = name in package.__all__ and getattr(package, name, None) is obj
+            target = f"{package.__name__}.{name}" if exported else f"{modname}.{name}"
+            if inspect.isclass(obj):
+                lines += [f".. autoclass:: {target}", "   :members:", "   :undoc-members:"]
+                if _own_bases(obj):
+                    lines.append("   :inherited-members:")
+                if "__call__" in obj.__dict__:
+                    lines.append("   :special-members: __call__")
+            elif inspect.isroutine(obj):
+                lines.append(f".. autofunction:: {target}")
+            else:
+                lines.append(f".. autodata:: {target}")
+            if name in extras:
+                lines.append("")
+                lines += [f"   {line.strip()}" if line.strip() else "" for line in extras[name]]
+            lines.append("")
+        source = self.get_source_info()[0]
+        content = StringList(lines, source=source)
+        container = nodes.section()
+        container.document = self.state.document
+        nested_parse_with_titles(self.state, content, container)
+        return container.children
+
+
+# -- autodoc hooks ---------------------------------------------------------------
+
+#: Members the result classes inherit from SQLAlchemy's FilterResult machinery
+#: that are part of their public API, with docstrings written for this library.
+INHERITED_RESULT_DOCS = {
+    "keys": [
+        "The column keys of the rows, as SQLAlchemy's ``RMKeyView``.",
+        "",
+        "Synchronous: the keys are known when the result is created, so no thread",
+        "hop is made.",
+    ],
+    "yield_per": [
+        "Fetch ``num`` rows per thread hop from now on, and return this result.",
+        "",
+        "Without it, ``async for``, :meth:`fetchone`, :meth:`fetchmany` and",
+        ":meth:`partitions` fetch the ``yield_per`` execution option's number of",
+        "rows per hop, or 1000.",
+    ],
+}
+
+
+def _from_sqlalchemy(obj: Any) -> bool:
+    if isinstance(obj, property):
+        obj = obj.fget
+    module = getattr(obj, "__module__", None) or ""
+    return module.startswith("sqlalchemy")
+
+
+def _inherited_from_sqlalchemy(obj: Any) -> bool:
+    """A method, property or SQLAlchemy-internal descriptor (``memoized_attribute``)
+    defined by SQLAlchemy, as opposed to an attribute whose *value* is a SQLAlchemy
+    class (``sync_session_class = Session``)."""
+    if inspect.isclass(obj):
+        return obj.__module__.startswith("sqlalchemy.util")
+    return (inspect.isroutine(obj) or isinstance(obj, property)) and _from_sqlalchemy(obj)
+
+
+def skip_member(app: Any, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
+    """With ``:inherited-members:``, document only members written in async_orm,
+    plus the few public ones the result classes inherit from SQLAlchemy's result
+    machinery (they get docstrings of our own below)."""
+    if (
+        what == "class"
+        and getattr(options, "inherited_members", None)
+        and _inherited_from_sqlalchemy(obj)
+    ):
+        return name not in INHERITED_RESULT_DOCS
+    return None
+
+
+def process_docstring(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    short = name.rsplit(".", 1)[-1]
+    if what == "method" and short in INHERITED_RESULT_DOCS and _from_sqlalchemy(obj):
+        lines[:] = list(INHERITED_RESULT_DOCS[short])
+
+
+def process_signature(
+    app: Any,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """Render ``*arg: P.args, **kw: P.kwargs`` (``run_sync``) as Python spells it.
+
+    autodoc stringifies those ParamSpec annotations as ``~typing.~_P``, which Sphinx
+    cannot parse, so the whole signature would be shown as raw text.
+    """
+    if not signature or "~typing.~" not in signature:
+        return None
+    signature = re.sub(r"\*\*(\w+): ~typing\.~(\w+)", r"**\1: \2.kwargs", signature)
+    signature = re.sub(r"\*(\w+): ~typing\.~(\w+)", r"*\1: \2.args", signature)
+    return signature, return_annotation
+
+
+def process_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    """Hide the private ``_Documented`` mixin of the errors; show what to catch."""
+    bases[:] = [base for base in bases if not getattr(base, "__name__", "").startswith("_")]
+
+
+# -- every error code has its section in errors.rst -------------------------------
+
+
+def error_codes() -> dict[str, str]:
+    """``code`` -> class name, for every error class of :mod:`async_orm.exc`."""
+    from async_orm import exc
+
+    codes = {}
+    for name in exc.__all__:
+        code = getattr(getattr(exc, name), "code", None)
+        if code:
+            codes[code] = name
+    return codes
+
+
+def check_error_sections(app: Any, env: Any) -> None:
+    """Warn (an error under ``-W``) when an error's ``code`` has no section of
+    ``errors.rst`` with that exact anchor: the messages point readers there."""
+    labels = env.domaindata["std"]["labels"]
+    for code, name in sorted(error_codes().items()):
+        if labels.get(code, ("",))[0] != "errors":
+            logger.warning(
+                "async_orm.exc.%s has code %r, but errors.rst has no section labelled '.. _%s:'",
+                name,
+                code,
+                code,
+                location="errors",
+            )
+
+
+def setup(app: Any) -> dict[str, Any]:
+    app.connect("env-check-consistency", check_error_sections)
+    app.add_directive("optional-toctree", OptionalTocTree)
+    app.add_directive("changelog", Changelog)
+    app.add_directive("public-api", PublicAPI)
+    app.connect("autodoc-skip-member", skip_member)
+    app.connect("autodoc-process-docstring", process_docstring)
+    app.connect("autodoc-process-bases", process_bases)
+    app.connect("autodoc-process-signature", process_signature)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
