@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, NoReturn, TypeVar, 
 
 from sqlalchemy import event, util
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, create_engine, make_url
+from sqlalchemy.engine import Connection, Engine, ScalarResult, create_engine, make_url
 from sqlalchemy.engine import create_pool_from_url as _sa_create_pool_from_url
 from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
 from sqlalchemy.engine.url import URL
@@ -31,7 +31,7 @@ from sqlalchemy.pool import (
     SingletonThreadPool,
     StaticPool,
 )
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
 from . import _guard, _worker
 from .exc import (
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+_Ts = TypeVarTuple("_Ts")
+TupleAny = tuple[Any, ...]
 
 __all__ = [
     "AsyncConnectable",
@@ -569,8 +571,8 @@ class AsyncEngine(AsyncConnectable):
 
 
 def _buffer_result(
-    result: CursorResult[Any], method: str, owner: str = "AsyncConnection"
-) -> CursorResult[Any]:
+    result: CursorResult[Unpack[TupleAny]], method: str, owner: str = "AsyncConnection"
+) -> CursorResult[Unpack[TupleAny]]:
     """Runs on the worker: fetch every row now, so that reading the result on the
     event loop touches neither the driver nor the connection."""
     if result.context._is_server_side:
@@ -791,11 +793,11 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     @overload
     async def execute(
         self,
-        statement: TypedReturnsRows[Any],
+        statement: TypedReturnsRows[Unpack[_Ts]],
         parameters: _CoreAnyExecuteParams | None = None,
         *,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> CursorResult[Any]: ...
+    ) -> CursorResult[Unpack[_Ts]]: ...
 
     @overload
     async def execute(
@@ -804,7 +806,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         parameters: _CoreAnyExecuteParams | None = None,
         *,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> CursorResult[Any]: ...
+    ) -> CursorResult[Unpack[TupleAny]]: ...
 
     async def execute(
         self,
@@ -812,7 +814,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         parameters: _CoreAnyExecuteParams | None = None,
         *,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> CursorResult[Any]:
+    ) -> CursorResult[Unpack[TupleAny]]:
         """Execute a statement and return a buffered :class:`CursorResult`
         (every row fetched on the worker)."""
         conn = self._connection_for()
@@ -826,7 +828,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         statement: Executable,
         parameters: Any,
         execution_options: Any,
-    ) -> CursorResult[Any]:
+    ) -> CursorResult[Unpack[TupleAny]]:
         result = conn.execute(statement, parameters, execution_options=execution_options)
         return _buffer_result(result, "execute")
 
@@ -835,15 +837,33 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         statement: str,
         parameters: _DBAPIAnyExecuteParams | None = None,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> CursorResult[Any]:
+    ) -> CursorResult[Unpack[TupleAny]]:
         """Execute a string of SQL directly on the driver; rows are buffered."""
         conn = self._connection_for()
 
-        def call() -> CursorResult[Any]:
+        def call() -> CursorResult[Unpack[TupleAny]]:
             result = conn.exec_driver_sql(statement, parameters, execution_options)
             return _buffer_result(result, "exec_driver_sql")
 
         return await self._runner.run(call)
+
+    @overload
+    async def scalar(
+        self,
+        statement: TypedReturnsRows[_T],
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _T | None: ...
+
+    @overload
+    async def scalar(
+        self,
+        statement: Executable,
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> Any: ...
 
     async def scalar(
         self,
@@ -856,16 +876,52 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         result = await self.execute(statement, parameters, execution_options=execution_options)
         return result.scalar()
 
+    @overload
+    async def scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> ScalarResult[_T]: ...
+
+    @overload
     async def scalars(
         self,
         statement: Executable,
         parameters: _CoreAnyExecuteParams | None = None,
         *,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> Any:
+    ) -> ScalarResult[Any]: ...
+
+    async def scalars(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> ScalarResult[Any]:
         """Execute and return a :class:`ScalarResult` of the first column."""
         result = await self.execute(statement, parameters, execution_options=execution_options)
         return result.scalars()
+
+    @overload
+    def stream(
+        self,
+        statement: TypedReturnsRows[Unpack[_Ts]],
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncResult[Unpack[_Ts]]]: ...
+
+    @overload
+    def stream(
+        self,
+        statement: Executable,
+        parameters: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncResult[Unpack[TupleAny]]]: ...
 
     def stream(
         self,
@@ -873,7 +929,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         parameters: _CoreAnyExecuteParams | None = None,
         *,
         execution_options: CoreExecuteOptionsParameter | None = None,
-    ) -> _ResultContext[AsyncResult[Any]]:
+    ) -> _ResultContext[AsyncResult[Unpack[TupleAny]]]:
         """Execute with a server-side cursor (PostgreSQL) or a lazily fetched
         cursor (SQLite) and return an :class:`AsyncResult` that fetches rows
         in chunks, one thread hop per chunk.  Await it or use ``async with``."""
@@ -881,13 +937,31 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 
     async def _stream(
         self, statement: Executable, parameters: Any, execution_options: Any
-    ) -> AsyncResult[Any]:
+    ) -> AsyncResult[Unpack[TupleAny]]:
         conn = self._connection_for()
         options = _STREAM.union(execution_options) if execution_options else _STREAM
         result = await self._runner.run(
             lambda: conn.execute(statement, parameters, execution_options=options)
         )
         return AsyncResult(result, self._runner)
+
+    @overload
+    def stream_scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncScalarResult[_T]]: ...
+
+    @overload
+    def stream_scalars(
+        self,
+        statement: Executable,
+        parameters: _CoreSingleExecuteParams | None = None,
+        *,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> _ResultContext[AsyncScalarResult[Any]]: ...
 
     def stream_scalars(
         self,
@@ -985,8 +1059,9 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
         """Begin the transaction on the connection's worker."""
         if self.sync_transaction is not None:
             raise AsyncContextAlreadyStarted(
-                "This AsyncTransaction was already started. Commit or roll it back, or "
-                "begin another with conn.begin() / conn.begin_nested()."
+                "This AsyncTransaction was already started (awaited or entered with "
+                "'async with'). Use it as it is: commit or roll it back, or begin another "
+                "with conn.begin() / conn.begin_nested()."
             )
         conn = self.connection._connection_for()
         begin: Callable[[], RootTransaction | NestedTransaction] = (

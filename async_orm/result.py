@@ -12,12 +12,13 @@ from __future__ import annotations
 import operator
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Result, Row, RowMapping
 from sqlalchemy.engine.result import FilterResult, FrozenResult, _WithKeys
 from sqlalchemy.util import TypingOnly
+from typing_extensions import TypeVarTuple, Unpack
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.result import _KeyIndexType, _UniqueFilterType
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T", bound=Any)
 _R = TypeVar("_R", bound=Any)
-_TP = TypeVar("_TP", bound=Any)
+_Ts = TypeVarTuple("_Ts")
+TupleAny = tuple[Any, ...]
 
 __all__ = [
     "AsyncCommon",
@@ -50,7 +52,7 @@ class AsyncCommon(FilterResult[_R]):
 
     __slots__ = ()
 
-    _real_result: Result[Any]
+    _real_result: Result[Unpack[TupleAny]]
     _runner: Runner
     _buffer: deque[Any]
 
@@ -136,7 +138,7 @@ class AsyncCommon(FilterResult[_R]):
         return self._real_result.closed
 
 
-class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
+class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
     """An asyncio wrapper around a streaming :class:`~sqlalchemy.engine.Result`.
 
     Returned by :meth:`AsyncConnection.stream` and :meth:`AsyncSession.stream`.
@@ -146,7 +148,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
 
     __slots__ = ()
 
-    def __init__(self, real_result: Result[Any], _runner: Runner | None = None) -> None:
+    def __init__(self, real_result: Result[Unpack[_Ts]], _runner: Runner | None = None) -> None:
         self._real_result = real_result
         self._metadata = real_result._metadata
         self._unique_filter_state = real_result._unique_filter_state
@@ -157,58 +159,60 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
         self._attach(_runner)
 
     @property
-    def t(self) -> AsyncTupleResult[_TP]:
+    def t(self) -> AsyncTupleResult[tuple[Unpack[_Ts]]]:
         """Typing-only: the same result, typed as tuples (see :meth:`tuples`)."""
         return self  # type: ignore[return-value]
 
-    def tuples(self) -> AsyncTupleResult[_TP]:
+    def tuples(self) -> AsyncTupleResult[tuple[Unpack[_Ts]]]:
         """Typing-only: the same result, typed as tuples."""
         return self  # type: ignore[return-value]
 
-    def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[_TP]:
+    def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[Unpack[_Ts]]:
         """De-duplicate rows (or ORM objects) in Python; applied in place."""
         self._unique_filter_state = (set(), strategy)
         return self
 
-    def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[_TP]:
+    def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[Unpack[_Ts]]:
         """Limit the columns of each row, by position or name."""
         return self._column_slices(col_expressions)
 
-    async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[Row[_TP]]]:
+    async def partitions(
+        self, size: int | None = None
+    ) -> AsyncIterator[Sequence[Row[Unpack[_Ts]]]]:
         """Iterate over lists of up to ``size`` rows, one thread hop per list."""
         async for partition in self._partitions(size):
             yield partition
 
-    async def fetchall(self) -> Sequence[Row[_TP]]:
+    async def fetchall(self) -> Sequence[Row[Unpack[_Ts]]]:
         """All remaining rows (same as :meth:`all`)."""
         return await self._rest()
 
-    async def fetchone(self) -> Row[_TP] | None:
+    async def fetchone(self) -> Row[Unpack[_Ts]] | None:
         """The next row, or ``None`` when exhausted."""
         return await self._next_row()  # type: ignore[no-any-return]
 
-    async def fetchmany(self, size: int | None = None) -> Sequence[Row[_TP]]:
+    async def fetchmany(self, size: int | None = None) -> Sequence[Row[Unpack[_Ts]]]:
         """Up to ``size`` rows; an empty list when exhausted."""
         return await self._many(size)
 
-    async def all(self) -> Sequence[Row[_TP]]:
+    async def all(self) -> Sequence[Row[Unpack[_Ts]]]:
         """All remaining rows, closing the result."""
         return await self._rest()
 
-    def __aiter__(self) -> AsyncResult[_TP]:
+    def __aiter__(self) -> AsyncResult[Unpack[_Ts]]:
         return self
 
-    async def __anext__(self) -> Row[_TP]:
+    async def __anext__(self) -> Row[Unpack[_Ts]]:
         row = await self._next_row()
         if row is None:
             raise StopAsyncIteration()
         return row  # type: ignore[no-any-return]
 
-    async def first(self) -> Row[_TP] | None:
+    async def first(self) -> Row[Unpack[_Ts]] | None:
         """The first row or ``None``; closes the result."""
         return await self._one_row(False, False, False)  # type: ignore[no-any-return]
 
-    async def one_or_none(self) -> Row[_TP] | None:
+    async def one_or_none(self) -> Row[Unpack[_Ts]] | None:
         """The only row or ``None``; raises if there is more than one."""
         return await self._one_row(True, False, False)  # type: ignore[no-any-return]
 
@@ -220,7 +224,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
         """The first column of the only row, or ``None``; raises if several."""
         return await self._one_row(True, False, True)
 
-    async def one(self) -> Row[_TP]:
+    async def one(self) -> Row[Unpack[_Ts]]:
         """The only row; raises unless exactly one."""
         return await self._one_row(True, True, False)  # type: ignore[no-any-return]
 
@@ -228,7 +232,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
         """The first column of the first row, or ``None``; closes the result."""
         return await self._one_row(False, False, True)
 
-    async def freeze(self) -> FrozenResult[_TP]:
+    async def freeze(self) -> FrozenResult[Unpack[_Ts]]:
         """A :class:`FrozenResult` of the remaining rows, built on the worker."""
         if self._buffer:
             raise sa_exc.InvalidRequestError(
@@ -237,7 +241,12 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[_TP]]):
         return await self._get_runner().run(FrozenResult, self._real_result)
 
     @overload
-    def scalars(self: AsyncResult[tuple[_T]], index: int = 0) -> AsyncScalarResult[_T]: ...
+    def scalars(
+        self: AsyncResult[_T, Unpack[TupleAny]], index: Literal[0]
+    ) -> AsyncScalarResult[_T]: ...
+
+    @overload
+    def scalars(self: AsyncResult[_T, Unpack[TupleAny]]) -> AsyncScalarResult[_T]: ...
 
     @overload
     def scalars(self, index: _KeyIndexType = 0) -> AsyncScalarResult[Any]: ...
@@ -258,7 +267,7 @@ class AsyncScalarResult(AsyncCommon[_R]):
 
     _generate_rows = False
 
-    def __init__(self, result: AsyncResult[Any], index: _KeyIndexType) -> None:
+    def __init__(self, result: AsyncResult[Unpack[TupleAny]], index: _KeyIndexType) -> None:
         self._real_result = result._real_result
         if result._source_supports_scalars:
             self._metadata = result._metadata
@@ -324,7 +333,7 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
     _generate_rows = True
     _post_creational_filter = operator.attrgetter("_mapping")
 
-    def __init__(self, result: AsyncResult[Any]) -> None:
+    def __init__(self, result: AsyncResult[Unpack[TupleAny]]) -> None:
         self._real_result = result._real_result
         self._unique_filter_state = result._unique_filter_state
         self._metadata = result._metadata

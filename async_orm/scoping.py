@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.util import ScopedRegistry, warn
 
 from .session import _HAS_21_API, AsyncSession, async_sessionmaker
@@ -93,8 +94,9 @@ class async_scoped_session(Generic[_AS]):
         """The current scope's session, created (with ``kw``) if there is none."""
         if kw:
             if self.registry.has():
-                raise ValueError(
-                    "Scoped session is already present; no new arguments may be specified."
+                raise sa_exc.InvalidRequestError(
+                    "Scoped session is already present; no new arguments may be "
+                    "specified. Call remove() to end the current scope's session first."
                 )
             sess = self.session_factory(**kw)
             self.registry.set(sess)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.state import InstanceState
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
 from . import _guard, _worker
 from .engine import (
@@ -69,6 +69,8 @@ __all__ = [
 _T = TypeVar("_T", bound=Any)
 _O = TypeVar("_O", bound=object)
 _P = ParamSpec("_P")
+_Ts = TypeVarTuple("_Ts")
+TupleAny = tuple[Any, ...]
 
 _EXECUTE_OPTIONS = util.immutabledict({"prebuffer_rows": True})
 _STREAM_OPTIONS = util.immutabledict({"stream_results": True})
@@ -87,7 +89,7 @@ def _merge_options(options: Any, defaults: util.immutabledict[str, Any]) -> Any:
     return defaults.union(options) if options else defaults
 
 
-def _ensure_sync_result(result: Result[Any], method: str) -> Result[Any]:
+def _ensure_sync_result(result: Result[Unpack[TupleAny]], method: str) -> Result[Unpack[TupleAny]]:
     """Runs on the worker: refuse server-side cursors in execute(), buffer Core
     cursor results so that reading them on the loop does no I/O."""
     if getattr(result, "_is_cursor", False):
@@ -205,6 +207,18 @@ class AsyncSession:
 
     # -- statements -----------------------------------------------------------------
 
+    @overload
+    async def execute(
+        self,
+        statement: TypedReturnsRows[Unpack[_Ts]],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[Unpack[_Ts]]: ...
+
+    @overload
     async def execute(
         self,
         statement: Executable,
@@ -213,13 +227,23 @@ class AsyncSession:
         execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
         bind_arguments: _BindArguments | None = None,
         **kw: Any,
-    ) -> Result[Any]:
+    ) -> Result[Unpack[TupleAny]]: ...
+
+    async def execute(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[Unpack[TupleAny]]:
         """Execute a statement and return a buffered :class:`~sqlalchemy.engine.Result`
         (all rows fetched on the worker, in one hop)."""
         options = _merge_options(execution_options, _EXECUTE_OPTIONS)
         sync = self.sync_session
 
-        def call() -> Result[Any]:
+        def call() -> Result[Unpack[TupleAny]]:
             result = sync.execute(
                 statement,
                 params,
@@ -317,6 +341,18 @@ class AsyncSession:
         )
         return result.scalars()
 
+    @overload
+    async def stream(
+        self,
+        statement: TypedReturnsRows[Unpack[_Ts]],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[Unpack[_Ts]]: ...
+
+    @overload
     async def stream(
         self,
         statement: Executable,
@@ -325,7 +361,17 @@ class AsyncSession:
         execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
         bind_arguments: _BindArguments | None = None,
         **kw: Any,
-    ) -> AsyncResult[Any]:
+    ) -> AsyncResult[Unpack[TupleAny]]: ...
+
+    async def stream(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[Unpack[TupleAny]]:
         """Execute with a streaming cursor and return an :class:`AsyncResult`
         that fetches rows in chunks, one hop per chunk."""
         options = _merge_options(execution_options, _STREAM_OPTIONS)
@@ -340,6 +386,28 @@ class AsyncSession:
             )
         )
         return AsyncResult(result, self._runner)
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[_T]: ...
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]: ...
 
     async def stream_scalars(
         self,
@@ -736,16 +804,7 @@ class AsyncSession:
             resolved = self.get_bind(mapper=mapper, clause=clause, bind=sync_bind, **kw)
             if bind is not None and resolved is sync_bind:
                 return bind
-            for candidate in (self._bind, *(self._binds or {}).values()):
-                if candidate is not None and _get_sync_engine_or_connection(candidate) is resolved:
-                    return candidate
-            raise AsyncBindNotFound(
-                f"Can't translate bind {resolved!r}; it is not among the binds "
-                f"established for this {type(self).__name__}. Establish binds on the "
-                f"{type(self).__name__} (bind=, binds=, bind_mapper(), bind_table()) "
-                "rather than directly on its sync_session, so that the async object "
-                "each one was derived from is known."
-            )
+            return self._translate_for_bind(resolved)  # type: ignore[no-any-return]
 
         def bind_mapper(self, mapper: _EntityBindKey[_O], bind: _AsyncSessionBind) -> None:
             """Bind a mapper (class) to an engine or connection."""
@@ -766,10 +825,39 @@ class AsyncSession:
         def execution_options(self, value: Any) -> None:
             self.sync_session.execution_options = value
 
-    @property
-    def binds(self) -> dict[_SessionBindKey, _AsyncSessionBind] | None:
-        """The ``binds`` this session was created with (and bind_mapper/bind_table)."""
-        return self._binds
+    if _HAS_21_API:
+
+        @property
+        def binds(self) -> Mapping[_SessionBindKey, _AsyncSessionBind]:
+            """A read-only mapping of the per-mapper / per-table binds of this
+            session (from ``binds=``, :meth:`bind_mapper`, :meth:`bind_table`), as
+            the async objects they were given as."""
+            sync_binds = self.sync_session.binds
+            return util.immutabledict(  # type: ignore[type-var]
+                {key: self._translate_for_bind(bind) for key, bind in sync_binds.items()}
+            )
+
+    else:
+
+        @property
+        def binds(self) -> dict[_SessionBindKey, _AsyncSessionBind] | None:  # type: ignore[misc]
+            """The ``binds`` this session was created with."""
+            return self._binds
+
+    def _translate_for_bind(self, bind: Any) -> Any:
+        """The async object (AsyncEngine, AsyncConnection, or the sync bind it was
+        given as) that a sync bind of this session came from."""
+        for candidate in (self._bind, *(self._binds or {}).values()):
+            if candidate is not None and (
+                candidate is bind or _get_sync_engine_or_connection(candidate) is bind
+            ):
+                return candidate
+        raise AsyncBindNotFound(
+            f"Can't translate bind {bind!r}; it is not among the binds established for "
+            f"this {type(self).__name__}. Establish binds on the {type(self).__name__} "
+            "(bind=, binds=, bind_mapper(), bind_table()) rather than directly on its "
+            "sync_session, so that the async object each one was derived from is known."
+        )
 
     @property
     def bind(self) -> Any:

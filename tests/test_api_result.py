@@ -1,0 +1,342 @@
+"""AsyncResult, AsyncScalarResult, AsyncMappingResult, AsyncTupleResult: every
+method, from ``AsyncSession.stream()`` and ``AsyncConnection.stream()``, on
+SQLite and PostgreSQL.
+
+Streaming on PostgreSQL must use a server-side cursor (checked on the DBAPI
+cursor and in ``pg_cursors``), and ``async for`` / ``partitions()`` must fetch
+rows in chunks: the tests count the thread hops each read costs by counting
+the calls that go through the owner's runner (one call = one hop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import FrozenResult, Row, RowMapping
+from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
+
+import async_orm
+from async_orm import _worker
+from async_orm import exc as async_exc
+from async_orm.result import AsyncMappingResult, AsyncResult, AsyncScalarResult
+from tests.models import Address, User
+
+Maker = async_orm.async_sessionmaker[async_orm.AsyncSession]
+
+ROWS = 250
+
+
+@pytest.fixture
+async def rows(engine: async_orm.AsyncEngine) -> int:
+    """ROWS users u001..u250; user 1 has two addresses."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(User), [{"id": i, "name": f"u{i:03d}"} for i in range(1, ROWS + 1)]
+        )
+        await conn.execute(
+            insert(Address),
+            [{"id": 1, "email": "a@x", "user_id": 1}, {"id": 2, "email": "b@x", "user_id": 1}],
+        )
+    return ROWS
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], int]:
+    """hops(owner) -> how many calls went through owner's runner (thread hops) so far."""
+    counts: dict[int, int] = {}
+    original = _worker.Runner.run
+
+    async def counting_run(self: _worker.Runner, fn: Callable[..., Any], /, *args: Any) -> Any:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        return await original(self, fn, *args)
+
+    monkeypatch.setattr(_worker.Runner, "run", counting_run)
+    return lambda owner: counts.get(id(owner._runner), 0)
+
+
+ordered = select(User.id, User.name).order_by(User.id)
+
+
+# -- streaming mechanics ------------------------------------------------------------
+
+
+async def test_stream_uses_a_server_side_cursor_on_postgresql(
+    maker: Maker, rows: int, backend: str
+) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        real: Any = result._real_result
+        real = getattr(real, "raw", real)  # ORM results wrap the CursorResult
+        cursor = real.cursor
+        if backend == "postgresql":
+            import psycopg
+
+            assert real.context._is_server_side
+            assert isinstance(cursor, psycopg.ServerCursor)
+            open_cursors = await session.scalar(text("select count(*) from pg_cursors"))
+            assert open_cursors == 1  # the stream's, inside this transaction
+        else:
+            # SQLite has no server-side cursors: the cursor stays open, rows unfetched
+            assert cursor is not None
+            assert not isinstance(real.cursor_strategy, FullyBufferedCursorFetchStrategy)
+        first = await result.fetchone()
+        assert first is not None and first.id == 1
+        await result.close()
+        assert result.closed
+        if backend == "postgresql":
+            assert await session.scalar(text("select count(*) from pg_cursors")) == 0
+
+
+async def test_async_for_fetches_rows_in_chunks_not_one_hop_per_row(
+    maker: Maker, rows: int, hops: Callable[[Any], int]
+) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered, execution_options={"yield_per": 50})
+        before = hops(session)
+        ids = [row.id async for row in result]
+        assert ids == list(range(1, rows + 1))
+        # 5 chunks of 50 + the empty fetch; at least 5 proves the counting itself works
+        assert rows // 50 <= hops(session) - before <= rows // 50 + 1
+
+        result = await session.stream(ordered)  # default chunk
+        before = hops(session)
+        assert len([row async for row in result]) == rows
+        assert hops(session) - before <= 2
+
+        scalars = await session.stream_scalars(select(User).execution_options(yield_per=100))
+        before = hops(session)
+        assert len([user async for user in scalars]) == rows
+        assert hops(session) - before <= rows // 100 + 2
+
+
+async def test_partitions_fetch_one_hop_per_partition(
+    engine: async_orm.AsyncEngine, rows: int, hops: Callable[[Any], int]
+) -> None:
+    async with engine.connect() as conn:
+        result = await conn.stream(ordered)
+        before = hops(conn)
+        sizes = [len(p) async for p in result.partitions(100)]
+        assert sizes == [100, 100, 50]
+        assert 3 <= hops(conn) - before <= 4
+
+        result = await conn.stream(ordered, execution_options={"yield_per": 60})
+        before = hops(conn)
+        sizes = [len(p) async for p in result.partitions()]
+        assert sizes == [60, 60, 60, 60, 10]
+        assert hops(conn) - before <= 6
+
+
+async def test_execute_refuses_a_server_side_cursor_and_points_to_stream(
+    maker: Maker, engine: async_orm.AsyncEngine, rows: int, backend: str
+) -> None:
+    async with maker() as session:
+        if backend == "postgresql":
+            with pytest.raises(async_exc.AsyncMethodRequired, match=r"stream\(\)"):
+                await session.execute(ordered, execution_options={"stream_results": True})
+        else:  # no server-side cursors on SQLite: a plain buffered result
+            result = await session.execute(ordered, execution_options={"stream_results": True})
+            assert len(result.all()) == rows
+    async with engine.connect() as conn:
+        if backend == "postgresql":
+            with pytest.raises(async_exc.AsyncMethodRequired, match=r"stream\(\)"):
+                await conn.execute(ordered, execution_options={"stream_results": True})
+        else:
+            result = await conn.execute(ordered, execution_options={"stream_results": True})
+            assert len(result.all()) == rows
+
+
+# -- AsyncResult ------------------------------------------------------------------
+
+
+async def test_fetchone_fetchmany_fetchall_and_all(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        assert isinstance(result, AsyncResult)
+        one = await result.fetchone()
+        assert isinstance(one, Row) and tuple(one) == (1, "u001")
+        many = await result.fetchmany(3)
+        assert [r.id for r in many] == [2, 3, 4]
+        default = await result.fetchmany()  # the strategy's default size
+        assert len(default) >= 1 and default[0].id == 5
+        rest = await result.fetchall()
+        assert [r.id for r in default + rest] == list(range(5, rows + 1))
+        assert await result.fetchone() is None
+        assert await result.fetchmany(5) == []
+        result = await session.stream(ordered)
+        assert (await result.fetchone()).id == 1  # type: ignore[union-attr]
+        everything = await result.all()
+        assert [r.id for r in everything] == list(range(2, rows + 1))
+
+
+async def test_first_one_one_or_none_and_the_scalar_accessors(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        first = await result.first()
+        assert first is not None and first.id == 1 and result.closed
+        by_id = select(User.id, User.name).where(User.id == 7)
+        none = select(User.id).where(User.id < 0)
+        assert (await (await session.stream(by_id)).one()).name == "u007"
+        assert (await (await session.stream(by_id)).one_or_none()).name == "u007"  # type: ignore[union-attr]
+        assert await (await session.stream(none)).one_or_none() is None
+        assert await (await session.stream(none)).first() is None
+        with pytest.raises(sa_exc.NoResultFound):
+            await (await session.stream(none)).one()
+        with pytest.raises(sa_exc.MultipleResultsFound):
+            await (await session.stream(ordered)).one()
+        with pytest.raises(sa_exc.MultipleResultsFound):
+            await (await session.stream(ordered)).one_or_none()
+        assert await (await session.stream(ordered)).scalar() == 1
+        assert await (await session.stream(none)).scalar() is None
+        assert await (await session.stream(by_id)).scalar_one() == 7
+        with pytest.raises(sa_exc.NoResultFound):
+            await (await session.stream(none)).scalar_one()
+        assert await (await session.stream(by_id)).scalar_one_or_none() == 7
+        assert await (await session.stream(none)).scalar_one_or_none() is None
+        with pytest.raises(sa_exc.MultipleResultsFound):
+            await (await session.stream(ordered)).scalar_one_or_none()
+        # after part of the result was read in a chunk
+        result = await session.stream(ordered)
+        await result.fetchone()
+        with pytest.raises(sa_exc.MultipleResultsFound):
+            await result.one()
+
+
+async def test_keys_columns_unique_and_yield_per(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        assert list(result.keys()) == ["id", "name"]
+        assert result.yield_per(10) is result
+        names = result.columns("name")
+        assert list(names.keys()) == ["name"]
+        assert tuple(await names.fetchone()) == ("u001",)  # type: ignore[arg-type]
+        await result.close()
+        by_position = await (await session.stream(ordered)).columns(1, 0).first()
+        assert tuple(by_position) == ("u001", 1)  # type: ignore[arg-type]
+        joined = select(User.name).join(User.addresses).order_by(User.name)
+        assert len(await (await session.stream(joined)).all()) == 2
+        assert await (await session.stream(joined)).unique().all() == [("u001",)]
+        entity_rows = await session.stream(select(User).join(User.addresses))
+        unique_users = await entity_rows.unique().scalars().all()
+        assert [u.id for u in unique_users] == [1]
+
+
+async def test_scalars_mappings_tuples_and_t(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        scalars = (await session.stream(ordered)).scalars()
+        assert isinstance(scalars, AsyncScalarResult)
+        assert (await scalars.fetchmany(2)) == [1, 2]
+        await scalars.close()
+        named = (await session.stream(ordered)).scalars("name")
+        assert await named.first() == "u001"
+        second = (await session.stream(ordered)).scalars(1)
+        assert await second.first() == "u001"
+        mappings = (await session.stream(ordered)).mappings()
+        assert isinstance(mappings, AsyncMappingResult)
+        mapping = await mappings.fetchone()
+        assert isinstance(mapping, RowMapping) and dict(mapping) == {"id": 1, "name": "u001"}
+        await mappings.close()
+        result = await session.stream(ordered)
+        assert result.tuples() is result and result.t is result
+        tuple_rows = [tuple(r) async for r in result.t]
+        assert tuple_rows[0] == (1, "u001") and len(tuple_rows) == rows
+
+
+async def test_freeze_gives_a_reusable_frozen_result(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        frozen = await (await session.stream(ordered.limit(3))).freeze()
+        assert isinstance(frozen, FrozenResult)
+        assert [tuple(r) for r in frozen().all()] == [(1, "u001"), (2, "u002"), (3, "u003")]
+        assert [r.id for r in frozen().all()] == [1, 2, 3]  # again
+
+
+async def test_close_and_closed(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        assert result.closed is False
+        await result.fetchone()
+        await result.close()
+        assert result.closed is True
+        with pytest.raises(sa_exc.ResourceClosedError):
+            await result.fetchone()
+        scalars = await session.stream_scalars(select(User.id))
+        assert scalars.closed is False
+        await scalars.close()
+        assert scalars.closed is True
+        mappings = (await session.stream(ordered)).mappings()
+        await mappings.close()
+        assert mappings.closed is True
+
+
+# -- AsyncScalarResult and AsyncMappingResult --------------------------------------------
+
+
+async def test_scalar_result_methods(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        users = await session.stream_scalars(select(User).order_by(User.id))
+        assert isinstance(users, AsyncScalarResult)
+        assert users.yield_per(20) is users
+        two = await users.fetchmany(2)
+        assert [u.id for u in two] == [1, 2]
+        rest = await users.fetchall()
+        assert len(rest) == rows - 2
+        ids = select(User.id).order_by(User.id)
+        assert await (await session.stream_scalars(ids)).all() == list(range(1, rows + 1))
+        assert await (await session.stream_scalars(ids)).first() == 1
+        one = select(User.id).where(User.id == 3)
+        assert await (await session.stream_scalars(one)).one() == 3
+        assert await (await session.stream_scalars(one)).one_or_none() == 3
+        with pytest.raises(sa_exc.MultipleResultsFound):
+            await (await session.stream_scalars(ids)).one()
+        parts = [p async for p in (await session.stream_scalars(ids)).partitions(100)]
+        assert [len(p) for p in parts] == [100, 100, 50]
+        joined = select(User).join(User.addresses)
+        assert len(await (await session.stream_scalars(joined)).unique().all()) == 1
+        assert [u async for u in await session.stream_scalars(one)] == [3]
+
+
+async def test_mapping_result_methods(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        mappings = (await session.stream(ordered)).mappings()
+        assert list(mappings.keys()) == ["id", "name"]
+        assert mappings.yield_per(30) is mappings
+        assert (await mappings.fetchone())["id"] == 1  # type: ignore[index]
+        assert [m["id"] for m in await mappings.fetchmany(2)] == [2, 3]
+        assert len(await mappings.fetchall()) == rows - 3
+        fresh = lambda: session.stream(ordered)  # noqa: E731
+        assert len(await (await fresh()).mappings().all()) == rows
+        assert (await (await fresh()).mappings().first()) == {"id": 1, "name": "u001"}
+        only = select(User.id, User.name).where(User.id == 5)
+        assert (await (await session.stream(only)).mappings().one())["name"] == "u005"
+        assert (await (await session.stream(only)).mappings().one_or_none()) is not None
+        names = (await fresh()).mappings().columns("name")
+        assert await names.first() == {"name": "u001"}
+        parts = [p async for p in (await fresh()).mappings().partitions(125)]
+        assert [len(p) for p in parts] == [125, 125]
+        joined = select(User.name).join(User.addresses)
+        assert len(await (await session.stream(joined)).mappings().unique().all()) == 1
+        assert len([m async for m in (await fresh()).mappings()]) == rows
+
+
+# -- through AsyncConnection ---------------------------------------------------------
+
+
+async def test_connection_stream_and_stream_scalars(
+    engine: async_orm.AsyncEngine, rows: int
+) -> None:
+    async with engine.connect() as conn:
+        async with conn.stream(ordered) as result:
+            assert isinstance(result, AsyncResult)
+            assert (await result.fetchone()).id == 1  # type: ignore[union-attr]
+        assert result.closed  # async with closes it
+        result = await conn.stream(ordered)
+        assert len([r async for r in result]) == rows
+        async with conn.stream_scalars(select(User.name).order_by(User.id)) as names:
+            assert await names.first() == "u001"
+        scalars = await conn.stream_scalars(select(func.count()).select_from(User))
+        assert await scalars.one() == rows
+        one = select(User.id).where(User.id == bindparam("uid"))
+        assert await (await conn.stream_scalars(one, {"uid": 9})).one() == 9

@@ -1,0 +1,59 @@
+"""Return types of the statement methods, as ``sqlalchemy.ext.asyncio`` 2.1
+declares them (its overloads on ``TypedReturnsRows``), checked by ``mypy
+--strict`` (see tests/test_typing.py); never imported or run by pytest.
+
+Code moved from ``sqlalchemy.ext.asyncio`` keeps its inferred types only if
+each of these holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import String, select
+from sqlalchemy.engine import CursorResult, Result, Row, ScalarResult
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from typing_extensions import assert_type
+
+from async_orm import (
+    AsyncConnection,
+    AsyncResult,
+    AsyncScalarResult,
+    AsyncSession,
+    AsyncTupleResult,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+async def session_statements(session: AsyncSession) -> None:
+    assert_type(await session.execute(select(User.id, User.name)), Result[int, str])
+    assert_type(await session.stream(select(User.id, User.name)), AsyncResult[int, str])
+    assert_type(await session.stream_scalars(select(User)), AsyncScalarResult[User])
+    conn = await session.connection()
+    assert_type(conn, AsyncConnection)
+
+
+async def connection_statements(conn: AsyncConnection) -> None:
+    assert_type(await conn.execute(select(User.id)), CursorResult[int])
+    assert_type(await conn.scalars(select(User.id)), ScalarResult[int])
+    assert_type(await conn.stream(select(User.id)), AsyncResult[int])
+    assert_type(await conn.stream_scalars(select(User.id)), AsyncScalarResult[int])
+
+
+async def streamed_rows(session: AsyncSession) -> None:
+    result = await session.stream(select(User.id, User.name))
+    assert_type(await result.all(), Sequence[Row[int, str]])
+    assert_type(await result.first(), Row[int, str] | None)
+    assert_type(result.scalars(), AsyncScalarResult[int])
+    assert_type(await result.scalars().all(), Sequence[int])
+    assert_type(result.t, AsyncTupleResult[tuple[int, str]])
