@@ -124,6 +124,18 @@ def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
         )
 
 
+#: called with each engine an async_orm session reaches (set by async_orm.engine)
+on_engine_reached: Any = None
+
+
+@event.listens_for(Session, "after_begin")
+def _engine_reached(session: Session, transaction: Any, connection: Any) -> None:
+    # engines a session reaches without having been given them (ShardedSession's
+    # shards, a get_bind() override, a bind set later) get instrumented here
+    if session.__dict__.get(GUARDED) and on_engine_reached is not None:
+        on_engine_reached(connection.engine)
+
+
 @event.listens_for(Session, "before_commit")
 def _guard_commit(session: Session) -> None:
     # before the transaction changes state, so a refused commit leaves it usable

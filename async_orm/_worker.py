@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
@@ -238,6 +239,9 @@ pool = WorkerPool(
 )
 
 
+_all_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+
+
 def _grant(limiter: Limiter, fut: asyncio.Future[None]) -> None:
     """Runs on the waiter's loop: hand it the slot, or pass the slot on."""
     if fut.done():  # timed out or cancelled meanwhile: the slot is not theirs
@@ -262,6 +266,7 @@ class Limiter:
         self._free = capacity
         self._lock = threading.Lock()
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        _all_limiters.add(self)
 
     @property
     def in_use(self) -> int:
@@ -644,6 +649,25 @@ class Runner:
             self._deferred_error = error
         finally:
             self._posted_done += 1
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: forget the parent's
+    workers, canceller and slot holders, so the child starts fresh."""
+    pool._lock = threading.Lock()
+    pool._idle = []
+    pool._alive = set()
+    _canceller._lock = threading.Lock()
+    _canceller._queue = SimpleQueue()
+    _canceller._thread = None
+    for limiter in list(_all_limiters):
+        limiter._lock = threading.Lock()
+        limiter._waiters.clear()
+        limiter._free = limiter.capacity
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_capacity() -> int:

@@ -229,6 +229,9 @@ def _instrument(sync_engine: Engine) -> None:
     event.listen(sync_engine, "commit", _before_commit)
 
 
+_guard.on_engine_reached = _instrument
+
+
 def _interrupt_statement(thread_ident: int) -> None:
     """Interrupt the statement running on ``thread_ident``, at the driver.
 

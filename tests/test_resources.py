@@ -221,3 +221,57 @@ def test_process_with_open_sessions_and_a_running_statement_exits_promptly(
     assert "exiting" in out.stdout, out.stderr
     assert out.returncode == 0, out.stderr
     assert elapsed < 10, f"exit took {elapsed:.1f} s"
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os, sys, sqlalchemy as sa, async_orm
+    engine = async_orm.create_async_engine(sys.argv[1])
+    async def use():
+        async with async_orm.AsyncSession(engine) as s:
+            return await s.scalar(sa.text("select 1"))
+    assert asyncio.run(use()) == 1          # the parent leaves an idle worker behind
+    pid = os.fork()
+    if pid == 0:
+        engine.sync_engine.dispose(close=False)
+        try:
+            ok = asyncio.run(asyncio.wait_for(use(), 10)) == 1
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_forked_child_gets_fresh_workers(tmp_path: Any) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, f"sqlite:///{tmp_path / 'fork.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+async def test_engines_reached_through_get_bind_are_instrumented(tmp_path: Any) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+
+    class RoutingSession(Session):
+        def get_bind(self, mapper: Any = None, clause: Any = None, **kw: Any) -> Any:
+            return other
+
+    session = async_orm.AsyncSession(sync_session_class=RoutingSession)
+    try:
+        assert (await session.scalar(text("select 1"))) == 1
+        assert other.__dict__.get("_async_orm_instrumented")
+        # ...so the loop guard covers it as well
+        with pytest.raises(async_orm.exc.EventLoopIOError), other.connect() as conn:
+            conn.execute(text("select 2"))
+    finally:
+        await session.close()
+        other.dispose()
