@@ -352,15 +352,35 @@ class _Canceller:
         self._queue.put((hook, item, worker))
 
     def _main(self) -> None:
+        # The interrupt can reach the driver just before the statement starts
+        # (PostgreSQL then ignores it), so it is repeated while that same call
+        # still runs, and never once it has finished (it could hit the next call).
+        # Every pending interrupt gets one attempt per pass: one that cannot land
+        # (SQLite waiting on a lock) must not delay the others.
+        pending: list[list[Any]] = []  # [due, attempts, hook, item, worker]
+        get = self._queue.get
         while True:
-            hook, item, worker = self._queue.get()
-            # The interrupt can reach the driver just before the statement starts
-            # (PostgreSQL then ignores it), so repeat it while that same call still
-            # runs; never once it has finished, or it could hit the next call.
-            for _ in range(_INTERRUPT_ATTEMPTS):
+            timeout = None
+            if pending:
+                timeout = max(0.0, min(entry[0] for entry in pending) - time.monotonic())
+            try:
+                hook, item, worker = get(timeout=timeout)
+            except Empty:
+                pass
+            else:
+                pending.append([0.0, 0, hook, item, worker])
+                continue  # take everything queued before the next pass
+            now = time.monotonic()
+            still: list[list[Any]] = []
+            for entry in pending:
+                due, attempts, hook, item, worker = entry
+                if due > now:
+                    still.append(entry)
+                    continue
                 with worker.lock:
-                    if item.state != _RUNNING:
-                        break
+                    running = item.state == _RUNNING
+                if not running or attempts >= _INTERRUPT_ATTEMPTS:
+                    continue
                 try:
                     hook()
                 except BaseException:  # nothing may kill this thread
@@ -369,8 +389,11 @@ class _Canceller:
                         "cancelled call will finish on its own",
                         exc_info=True,
                     )
-                    break
-                time.sleep(_INTERRUPT_INTERVAL)
+                    continue
+                entry[0] = time.monotonic() + _INTERRUPT_INTERVAL
+                entry[1] = attempts + 1
+                still.append(entry)
+            pending = still
 
 
 #: how often, and how far apart, an interrupt is repeated while the call still runs
