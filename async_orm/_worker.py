@@ -96,11 +96,15 @@ _STOP: Final = object()
 class Worker:
     """One daemon thread running submitted items in FIFO order."""
 
-    __slots__ = ("_queue", "ident", "lock", "name", "pool", "thread")
+    __slots__ = ("_queue", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.lock = threading.Lock()
+        #: held by the canceller while it interrupts this worker's running call; the
+        #: worker takes it before finishing a call, so an interrupt can never land
+        #: on a later one (the event loop thread never touches this lock)
+        self.interrupt_lock = threading.Lock()
         self._queue: SimpleQueue[_Item | object] = SimpleQueue()
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
@@ -116,6 +120,7 @@ class Worker:
     def _main(self) -> None:
         get = self._queue.get
         lock = self.lock
+        interrupt_lock = self.interrupt_lock
         pool = self.pool
         while True:
             try:
@@ -141,7 +146,7 @@ class Worker:
                     # asyncio futures refuse StopIteration; keep the original as cause.
                     value = RuntimeError(f"run_sync function raised StopIteration: {error!r}")
                     value.__cause__ = error
-            with lock:
+            with interrupt_lock, lock:
                 item.state = _DONE
                 waiter = item.waiter
             loop = item.loop
@@ -377,19 +382,24 @@ class _Canceller:
                 if due > now:
                     still.append(entry)
                     continue
-                with worker.lock:
-                    running = item.state == _RUNNING
-                if not running or attempts >= _INTERRUPT_ATTEMPTS:
+                if attempts >= _INTERRUPT_ATTEMPTS:
                     continue
-                try:
-                    hook()
-                except BaseException:  # nothing may kill this thread
-                    _log.warning(
-                        "async_orm could not interrupt a running statement; the "
-                        "cancelled call will finish on its own",
-                        exc_info=True,
-                    )
-                    continue
+                # holding interrupt_lock, the call cannot finish (and the worker
+                # cannot start the next one) until the driver has the interrupt
+                with worker.interrupt_lock:
+                    with worker.lock:
+                        running = item.state == _RUNNING
+                    if not running:
+                        continue
+                    try:
+                        hook()
+                    except BaseException:  # nothing may kill this thread
+                        _log.warning(
+                            "async_orm could not interrupt a running statement; the "
+                            "cancelled call will finish on its own",
+                            exc_info=True,
+                        )
+                        continue
                 entry[0] = time.monotonic() + _INTERRUPT_INTERVAL
                 entry[1] = attempts + 1
                 still.append(entry)

@@ -668,7 +668,12 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
                 "'async with'). Start a connection once: use the one you have, or get a "
                 "new one from engine.connect()."
             )
-        conn = await self._runner.run(self.sync_engine.connect)
+        try:
+            conn = await self._runner.run(self.sync_engine.connect)
+        except BaseException:
+            if self._owns_runner:
+                self._runner.release()  # nothing to close: give the slot back now
+            raise
         self.sync_connection = conn
         self._runner.finalizer = conn.close  # closes it on its worker if never closed
         return self

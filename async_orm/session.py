@@ -104,6 +104,19 @@ def _ensure_sync_result(result: Result[Unpack[TupleAny]], method: str) -> Result
     return result
 
 
+def _close_or_invalidate(sync: Session) -> None:
+    """Runs on the worker: close, and if closing fails (a ROLLBACK refused by a
+    broken connection), invalidate the connections rather than leak them."""
+    try:
+        sync.close()
+    except BaseException:
+        try:
+            sync.invalidate()
+        except Exception:
+            pass  # the original error says more; it is raised below
+        raise
+
+
 class AsyncSession:
     """An asyncio front for a sync :class:`~sqlalchemy.orm.Session`.
 
@@ -735,7 +748,7 @@ class AsyncSession:
             ):
                 sync.close()  # nothing to release on a connection: no hop
             else:
-                await runner.run_shielded(sync.close)
+                await runner.run_shielded(_close_or_invalidate, sync)
         finally:
             runner.interrupted = False
             if self._owns_runner:
