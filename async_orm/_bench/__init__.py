@@ -1,0 +1,14 @@
+"""The benchmark suite of ``python -m async_orm bench`` (private; see docs/benchmarks.rst).
+
+Contestants (:mod:`.contestants`), the workloads each of them runs (:mod:`.measure`), running
+them isolated and interleaved (:mod:`.runner`), medians, paired ratios and the targets
+(:mod:`.report`), and plots (:mod:`.plots`). Optional packages (aiosqlite, asyncpg, greenlet,
+matplotlib, psutil) are imported only when used; a contestant whose packages are missing is
+skipped with a note saying what to install.
+"""
+
+from __future__ import annotations
+
+from .cli import main
+
+__all__ = ["main"]

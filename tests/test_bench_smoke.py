@@ -1,0 +1,83 @@
+"""Smoke test of the benchmark suite: it runs and reports; nothing here asserts a time."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from async_orm._bench import main
+from async_orm._bench.contestants import Contestant, unavailable_reason
+from async_orm._bench.measure import WORKLOADS
+
+TINY = [
+    "--quick",
+    "--quiet",
+    "--scale",
+    "0.2",
+    "--rows",
+    "200",
+    "--select-rows",
+    "50",
+    "--bulk-size",
+    "20",
+    "--stream-rows",
+    "500",
+    "--concurrency",
+    "1,3",
+    "--requests",
+    "6",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, str, Path]:
+    """One tiny run shared by the tests below: (exit code, JSON, stdout, its directory)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main([*TINY, "--url", f"sqlite:///{tmp / 'bench.db'}", "--json", str(tmp / "b.json")])
+    return rc, json.loads((tmp / "b.json").read_text()), printed.getvalue(), tmp
+
+
+def test_quick_bench_reports_every_async_orm_workload(bench_run) -> None:
+    rc, data, printed, _ = bench_run
+    assert rc == 0, [r["error"] for r in data["records"] if r["error"]]
+    summary = data["summary"]
+    expected = [w for w in WORKLOADS if w != "concurrent"] + ["concurrent/N=1", "concurrent/N=3"]
+    for case in expected:
+        entry = summary[case]["async_orm"]
+        assert entry["values"], (case, entry)
+        assert "median" in entry
+    hops = summary["hops_per_request"]["async_orm"]["extras"]["steps"]
+    assert set(hops) == {"open", "get", "update", "commit", "close"}
+    conc = summary["concurrent/N=3"]["async_orm"]["extras"]
+    assert {"p50_ms", "p99_ms", "errors", "peak_threads", "peak_rss_mb"} <= set(conc)
+    assert "peak_growth_mb" in summary["stream"]["async_orm"]["extras"]
+    assert {t["id"] for t in data["targets"]} >= {"sqlite-get", "hop", "hops", "stream-mem"}
+    assert "== pk_get" in printed
+    assert "targets (issue 6)" in printed
+
+
+def test_report_rerenders_a_saved_run_with_plots(bench_run, tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    rc = main(["--report", str(bench_run[3] / "b.json"), "--plots", str(tmp_path / "png")])
+    assert rc == 0
+    assert "== hop" in capsys.readouterr().out
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["sqlite-concurrency.png", "sqlite-hops-memory.png", "sqlite-throughput.png"]
+
+
+def test_contestant_with_missing_package_is_skipped_with_install_hint() -> None:
+    ghost = Contestant(
+        "ghost", "ghost", "async_api", frozenset(), ("no_such_module_xyz",), "pip install ghost"
+    )
+    assert unavailable_reason(ghost, "sqlite") == "needs no_such_module_xyz: pip install ghost"
+
+
+def test_in_memory_sqlite_is_refused(capsys) -> None:
+    assert main(["--quick", "--url", "sqlite://"]) == 2
+    assert "SQLite *file*" in capsys.readouterr().err
