@@ -15,6 +15,7 @@ variable ``ASYNC_ORM_ALLOW_LOOP_IO=1``, or wrap the code in
 from __future__ import annotations
 
 import os
+import threading
 from asyncio import _get_running_loop
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +27,6 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.state import InstanceState
 
 from .exc import EventLoopIOError
-
-#: attribute set on sync sessions owned by an AsyncSession
-GUARDED = "_async_orm_guarded"
 
 _allowed: ContextVar[bool] = ContextVar("async_orm_allow_loop_io", default=False)
 _ENV_ALLOWED = os.environ.get("ASYNC_ORM_ALLOW_LOOP_IO", "").lower() not in ("", "0", "false")
@@ -107,15 +105,13 @@ def _load_message(orm_state: ORMExecuteState) -> str:
     )
 
 
-@event.listens_for(Session, "do_orm_execute")
 def _guard_orm_execute(orm_state: ORMExecuteState) -> None:
-    if loop_io_refused() and orm_state.session.__dict__.get(GUARDED):
+    if loop_io_refused():
         raise EventLoopIOError(_load_message(orm_state))
 
 
-@event.listens_for(Session, "before_flush")
 def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    if loop_io_refused() and session.__dict__.get(GUARDED):
+    if loop_io_refused():
         raise EventLoopIOError(
             "A flush of this AsyncSession's pending changes was started on the event loop "
             "thread (autoflush or sync_session.flush()), which would block the event "
@@ -124,23 +120,51 @@ def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
         )
 
 
-#: called with each engine an async_orm session reaches (set by async_orm.engine)
+#: called with each connection an async_orm session begins a transaction on
+#: (set by async_orm.engine)
 on_engine_reached: Any = None
 
 
-@event.listens_for(Session, "after_begin")
 def _engine_reached(session: Session, transaction: Any, connection: Any) -> None:
     # engines a session reaches without having been given them (ShardedSession's
     # shards, a get_bind() override, a bind set later) get instrumented here
-    if session.__dict__.get(GUARDED) and on_engine_reached is not None:
-        on_engine_reached(connection.engine)
+    if on_engine_reached is not None:
+        on_engine_reached(connection)
 
 
-@event.listens_for(Session, "before_commit")
 def _guard_commit(session: Session) -> None:
     # before the transaction changes state, so a refused commit leaves it usable
-    if loop_io_refused() and session.__dict__.get(GUARDED):
+    if loop_io_refused():
         raise commit_on_loop()
+
+
+_guarded_classes: dict[type[Session], type[Session]] = {}
+_guarded_lock = threading.Lock()
+
+
+def guarded_class(cls: type[Session]) -> type[Session]:
+    """The subclass of ``cls`` that AsyncSession instantiates as its sync session:
+    the same class with the guard's listeners, so that sessions an application
+    uses directly pay nothing for them."""
+    guarded = _guarded_classes.get(cls)
+    if guarded is not None:
+        return guarded
+    with _guarded_lock:
+        guarded = _guarded_classes.get(cls)
+        if guarded is None:
+            namespace = {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+                "_async_orm_guarded": True,
+            }
+            guarded = type(cls.__name__, (cls,), namespace)
+            event.listen(guarded, "do_orm_execute", _guard_orm_execute)
+            event.listen(guarded, "before_flush", _guard_flush)
+            event.listen(guarded, "before_commit", _guard_commit)
+            event.listen(guarded, "after_begin", _engine_reached)
+            _guarded_classes[cls] = guarded
+    return guarded
 
 
 def statement_on_loop(statement: str) -> EventLoopIOError:

@@ -179,8 +179,10 @@ def create_async_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
 # --------------------------------------------------------------------------
 # engine instrumentation: the loop guard and interrupting a running statement
 
-#: thread ident -> DBAPI connection running a statement on that thread
-_running: dict[int, Any] = {}
+#: thread ident -> the DBAPI connections that thread has checked out of a pool;
+#: maintained by pool events (once per checkout, not per statement)
+_checked_out: dict[int, list[Any]] = {}
+_checked_out_lock = threading.Lock()
 _get_ident = threading.get_ident
 _INSTRUMENTED = "_async_orm_instrumented"
 
@@ -193,43 +195,62 @@ def _before_cursor_execute(
     context: Any,
     executemany: bool,
 ) -> None:
+    # the loop guard for Core statements: one C call per statement off the loop
     if _get_running_loop() is not None and _guard.loop_io_refused():
         raise _guard.statement_on_loop(statement)
-    _running[_get_ident()] = cursor.connection
 
 
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    _running.pop(_get_ident(), None)
+#: id(pool record) -> (thread ident, DBAPI connection) while checked out; at checkin
+#: an invalidated record no longer names its DBAPI connection, so it is kept here
+_holders: dict[int, tuple[int, Any]] = {}
 
 
-def _handle_error(context: Any) -> None:
-    _running.pop(_get_ident(), None)
+def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    ident = _get_ident()
+    with _checked_out_lock:
+        _holders[id(record)] = (ident, dbapi_connection)
+        _checked_out.setdefault(ident, []).append(dbapi_connection)
 
 
-def _before_commit(conn: Connection) -> None:
-    if _get_running_loop() is not None and _guard.loop_io_refused():
-        raise _guard.commit_on_loop()
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    with _checked_out_lock:
+        holder = _holders.pop(id(record), None)
+        if holder is None:
+            return
+        ident, held = holder
+        conns = _checked_out.get(ident)
+        if conns is not None:
+            conns[:] = [c for c in conns if c is not held]
+            if not conns:
+                del _checked_out[ident]
+
+
+def _reached(connection: Connection) -> None:
+    """A guarded session began a transaction on ``connection`` (on its worker):
+    instrument an engine seen for the first time, and note the connection it
+    already holds."""
+    engine = connection.engine
+    if engine.__dict__.get(_INSTRUMENTED):
+        return
+    _instrument(engine)
+    record = getattr(connection.connection, "_connection_record", None)
+    if record is not None and id(record) not in _holders:
+        _on_checkout(connection.connection.dbapi_connection, record, None)
 
 
 def _instrument(sync_engine: Engine) -> None:
-    """Install async_orm's engine events once per engine (idempotent)."""
+    """Install async_orm's engine and pool events once per engine (idempotent):
+    the Core loop guard, and which thread holds which DBAPI connection (for
+    interrupting a cancelled call)."""
     if sync_engine.__dict__.get(_INSTRUMENTED):
         return
     sync_engine.__dict__[_INSTRUMENTED] = True
     event.listen(sync_engine, "before_cursor_execute", _before_cursor_execute)
-    event.listen(sync_engine, "after_cursor_execute", _after_cursor_execute)
-    event.listen(sync_engine, "handle_error", _handle_error)
-    event.listen(sync_engine, "commit", _before_commit)
+    event.listen(sync_engine, "checkout", _on_checkout)
+    event.listen(sync_engine, "checkin", _on_checkin)
 
 
-_guard.on_engine_reached = _instrument
+_guard.on_engine_reached = _reached
 
 
 def _interrupt_statement(thread_ident: int) -> None:
@@ -240,9 +261,13 @@ def _interrupt_statement(thread_ident: int) -> None:
     as the ``mysql`` client does on Ctrl-C.  Called on async_orm's canceller
     thread, never on the event loop.
     """
-    dbapi_conn = _running.get(thread_ident)
-    if dbapi_conn is None:
-        return
+    with _checked_out_lock:
+        conns = list(_checked_out.get(thread_ident, ()))
+    for dbapi_conn in conns:  # interrupting an idle connection is a no-op
+        _interrupt_connection(dbapi_conn)
+
+
+def _interrupt_connection(dbapi_conn: Any) -> None:
     cancel_safe = getattr(dbapi_conn, "cancel_safe", None)
     if cancel_safe is not None:
         cancel_safe(timeout=5.0)

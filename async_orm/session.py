@@ -164,9 +164,9 @@ class AsyncSession:
         if sync_session_class is not None:
             self.sync_session_class = sync_session_class
 
-        self.sync_session = self.sync_session_class(bind=sync_bind, binds=sync_binds, **kw)
+        sync_class = _guard.guarded_class(self.sync_session_class)
+        self.sync_session = sync_class(bind=sync_bind, binds=sync_binds, **kw)
         self.sync_session.__dict__[_PROXY] = weakref.ref(self)
-        self.sync_session.__dict__[_guard.GUARDED] = True
 
         if runner is None:
             first = (

@@ -916,12 +916,13 @@ def _sync_hop(spec: Spec) -> Result:
 
 @contextlib.contextmanager
 def without_async_orm_session_listeners() -> Iterator[int]:
-    """Take off the listeners that async_orm put on the ``Session`` class, for the block.
+    """Take off any listeners async_orm put on the ``Session`` class, for the block.
 
-    async_orm's loop guard listens on :class:`~sqlalchemy.orm.Session` itself, so merely
-    importing async_orm (as this harness does) adds work to every sync Session in the
-    process. The peers (the sync limit, SQLAlchemy's asyncio, the offloaders) are measured
-    as plain SQLAlchemy: their measurements run inside this block. Yields how many.
+    The peers (the sync limit, SQLAlchemy's asyncio, the offloaders) are measured as
+    plain SQLAlchemy: their measurements run inside this block. async_orm's loop guard
+    now listens only on the private subclass it instantiates for its own sessions, so
+    this normally finds nothing (yields 0); it stays as a check that plain sessions
+    carry none of async_orm's listeners. Yields how many were taken off.
     """
     from sqlalchemy.orm import SessionEvents
 
