@@ -203,6 +203,8 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return self
 
     async def __anext__(self) -> Row[Unpack[_Ts]]:
+        if self._buffer:  # the common case: no hop, no extra coroutine
+            return self._buffer.popleft()  # type: ignore[no-any-return]
         row = await self._next_row()
         if row is None:
             raise StopAsyncIteration()
@@ -375,6 +377,8 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         return self
 
     async def __anext__(self) -> RowMapping:
+        if self._buffer:
+            return self._buffer.popleft()  # type: ignore[no-any-return]
         row = await self._next_row()
         if row is None:
             raise StopAsyncIteration()
