@@ -583,21 +583,28 @@ class Runner:
             if _inside_runner.get() is self:
                 raise self._reentrant_error()
             return fn(*args)
-        loop = _get_running_loop()
-        self._check_call(loop)
-        fut: asyncio.Future[_T] = loop.create_future()
-        item = _Item(fn, args, _copy_context(), loop, fut)
-        self._loop = loop
-        self._pending += 1
-        worker.put(item)
+        loop, fut, item = self._submit(worker, fn, args)
         try:
-            return await fut
+            return await fut  # type: ignore[no-any-return]
         except asyncio.CancelledError:
             if fut.cancelled():
                 await self._cancelled(worker, item, loop)
             raise
         finally:
             self._pending -= 1
+
+    def _submit(
+        self, worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Item]:
+        """Queue ``fn(*args)`` on ``worker`` for the running loop: the hop's first half."""
+        loop = _get_running_loop()
+        self._check_call(loop)
+        fut: asyncio.Future[Any] = loop.create_future()
+        item = _Item(fn, args, _copy_context(), loop, fut)
+        self._loop = loop
+        self._pending += 1
+        worker.put(item)
+        return loop, fut, item
 
     async def _cancelled(
         self, worker: Worker, item: _Item, loop: asyncio.AbstractEventLoop
@@ -626,13 +633,7 @@ class Runner:
             worker = await self._start()
         elif worker.ident == _get_ident():
             return fn(*args)
-        loop = _get_running_loop()
-        self._check_call(loop)
-        fut: asyncio.Future[_T] = loop.create_future()
-        item = _Item(fn, args, _copy_context(), loop, fut)
-        self._loop = loop
-        self._pending += 1
-        worker.put(item)
+        _, fut, _ = self._submit(worker, fn, args)
         cancelled = False
         try:
             while True:
@@ -647,7 +648,7 @@ class Runner:
             self._pending -= 1
         if cancelled:
             raise asyncio.CancelledError()
-        return result
+        return result  # type: ignore[no-any-return]
 
     async def run_marked(self, fn: Callable[..., _T], /, *args: Any) -> _T:
         """Like :meth:`run`, for user code (``run_sync``): awaiting this same runner

@@ -77,6 +77,8 @@ _STREAM_OPTIONS = util.immutabledict({"stream_results": True})
 
 #: SQLAlchemy 2.1 added these Session APIs; they are mirrored only where present.
 _HAS_21_API = hasattr(Session, "delete_all")
+#: get()/get_one() default: False on SQLAlchemy 2.0, None ("not given") on 2.1
+_POPULATE_EXISTING_DEFAULT: bool | None = None if _HAS_21_API else False
 
 _AsyncSessionBind = AsyncEngine | AsyncConnection | Engine | Connection
 
@@ -443,113 +445,57 @@ class AsyncSession:
 
     # -- identity -------------------------------------------------------------------
 
-    if _HAS_21_API:
-
-        async def get(
-            self,
-            entity: _EntityBindKey[_O],
-            ident: _PKIdentityArgument,
-            *,
-            options: Sequence[ORMOption] | None = None,
-            populate_existing: bool | None = None,
-            with_for_update: ForUpdateParameter = None,
-            identity_token: Any | None = None,
-            execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
-        ) -> _O | None:
-            """Return the instance with this primary key, or ``None``; see
-            :meth:`Session.get`.  No SQL if it is already in the identity map."""
-            return await self._call(
-                functools.partial(
-                    self.sync_session.get,
-                    entity,
-                    ident,
-                    options=options,
-                    populate_existing=populate_existing,
-                    with_for_update=with_for_update,
-                    identity_token=identity_token,
-                    execution_options=execution_options,
-                )
+    async def get(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = _POPULATE_EXISTING_DEFAULT,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+    ) -> _O | None:
+        """Return the instance with this primary key, or ``None``; see
+        :meth:`Session.get`.  No SQL if it is already in the identity map."""
+        return await self._call(
+            functools.partial(
+                self.sync_session.get,
+                entity,
+                ident,
+                options=options,
+                populate_existing=populate_existing,
+                with_for_update=with_for_update,
+                identity_token=identity_token,
+                execution_options=execution_options,
             )
+        )
 
-        async def get_one(
-            self,
-            entity: _EntityBindKey[_O],
-            ident: _PKIdentityArgument,
-            *,
-            options: Sequence[ORMOption] | None = None,
-            populate_existing: bool | None = None,
-            with_for_update: ForUpdateParameter = None,
-            identity_token: Any | None = None,
-            execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
-        ) -> _O:
-            """Like :meth:`get`, raising :class:`~sqlalchemy.exc.NoResultFound`
-            when there is no such row."""
-            return await self._call(
-                functools.partial(
-                    self.sync_session.get_one,
-                    entity,
-                    ident,
-                    options=options,
-                    populate_existing=populate_existing,
-                    with_for_update=with_for_update,
-                    identity_token=identity_token,
-                    execution_options=execution_options,
-                )
+    async def get_one(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = _POPULATE_EXISTING_DEFAULT,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+    ) -> _O:
+        """Like :meth:`get`, raising :class:`~sqlalchemy.exc.NoResultFound`
+        when there is no such row."""
+        return await self._call(
+            functools.partial(
+                self.sync_session.get_one,
+                entity,
+                ident,
+                options=options,
+                populate_existing=populate_existing,
+                with_for_update=with_for_update,
+                identity_token=identity_token,
+                execution_options=execution_options,
             )
-
-    else:
-
-        async def get(  # type: ignore[misc]
-            self,
-            entity: _EntityBindKey[_O],
-            ident: _PKIdentityArgument,
-            *,
-            options: Sequence[ORMOption] | None = None,
-            populate_existing: bool = False,
-            with_for_update: ForUpdateParameter = None,
-            identity_token: Any | None = None,
-            execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
-        ) -> _O | None:
-            """Return the instance with this primary key, or ``None``; see
-            :meth:`Session.get`.  No SQL if it is already in the identity map."""
-            return await self._call(
-                functools.partial(
-                    self.sync_session.get,
-                    entity,
-                    ident,
-                    options=options,
-                    populate_existing=populate_existing,
-                    with_for_update=with_for_update,
-                    identity_token=identity_token,
-                    execution_options=execution_options,
-                )
-            )
-
-        async def get_one(  # type: ignore[misc]
-            self,
-            entity: _EntityBindKey[_O],
-            ident: _PKIdentityArgument,
-            *,
-            options: Sequence[ORMOption] | None = None,
-            populate_existing: bool = False,
-            with_for_update: ForUpdateParameter = None,
-            identity_token: Any | None = None,
-            execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
-        ) -> _O:
-            """Like :meth:`get`, raising :class:`~sqlalchemy.exc.NoResultFound`
-            when there is no such row."""
-            return await self._call(
-                functools.partial(
-                    self.sync_session.get_one,
-                    entity,
-                    ident,
-                    options=options,
-                    populate_existing=populate_existing,
-                    with_for_update=with_for_update,
-                    identity_token=identity_token,
-                    execution_options=execution_options,
-                )
-            )
+        )
 
     async def refresh(
         self,
