@@ -12,6 +12,7 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -59,26 +60,35 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema, dropped afterwards."""
+@contextmanager
+def private_pg_schema(prefix: str = "t") -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards (after ending
+    the sessions the test left behind, so they cannot block the drop)."""
     require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"create schema {schema}"))
-    yield schema
-    with admin.connect() as conn:
-        # sessions a test left behind must not block the drop
-        conn.execute(
-            sa.text(
-                "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where application_name = :app and pid <> pg_backend_pid()"
-            ),
-            {"app": schema},
-        )
-        conn.execute(sa.text(f"drop schema {schema} cascade"))
-    admin.dispose()
+    try:
+        yield schema
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where application_name = :app and pid <> pg_backend_pid()"
+                ),
+                {"app": schema},
+            )
+            conn.execute(sa.text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards."""
+    with private_pg_schema() as schema:
+        yield schema
 
 
 def pg_url_kwargs(schema: str) -> dict[str, Any]:

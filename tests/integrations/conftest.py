@@ -8,18 +8,16 @@ so other tests and the subprocesses of the example tests are unaffected.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import django
 import pytest
-import sqlalchemy as sa
 from django.conf import settings
 
 import async_orm
 from async_orm import _worker
-from tests.conftest import PG_URL, pg_url_kwargs, require_postgres
+from tests.conftest import PG_URL, pg_url_kwargs, private_pg_schema
 
 if not settings.configured:
     from tests.integrations.django_project import settings as _project_settings
@@ -49,22 +47,8 @@ def second_db_url(backend: str, tmp_path: Any) -> Iterator[tuple[str, dict[str, 
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'second.db'}", {}
         return
-    require_postgres()
-    schema = f"t2_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"create schema {schema}"))
-    yield PG_URL, pg_url_kwargs(schema)
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text(
-                "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where application_name = :app and pid <> pg_backend_pid()"
-            ),
-            {"app": schema},
-        )
-        conn.execute(sa.text(f"drop schema {schema} cascade"))
-    admin.dispose()
+    with private_pg_schema("t2") as schema:
+        yield PG_URL, pg_url_kwargs(schema)
 
 
 @pytest.fixture
