@@ -688,17 +688,15 @@ class AsyncSession:
         interrupt closing.  The session can be used again afterwards."""
         runner = self._runner
         sync = self.sync_session
-        try:
-            if runner.worker is None or (
-                runner.idle and not sync.in_transaction() and not runner.on_own_thread()
-            ):
+        if runner.worker is None or (
+            runner.idle and not sync.in_transaction() and not runner.on_own_thread()
+        ):
+            try:
                 sync.close()  # nothing to release on a connection: no hop
-            else:
-                await runner.run_shielded(_close_or_invalidate, sync)
-        finally:
-            runner.interrupted = False
-            if self._owns_runner:
-                runner.release()
+            finally:
+                self._give_back_worker()
+        else:
+            await self._end_with(_close_or_invalidate, sync)
 
     async def aclose(self) -> None:
         """Same as :meth:`close`, for :func:`contextlib.aclosing`."""
@@ -706,23 +704,26 @@ class AsyncSession:
 
     async def reset(self) -> None:
         """Close, and reset the session to its initial state; see :meth:`Session.reset`."""
-        runner = self._runner
-        try:
-            await runner.run_shielded(self.sync_session.reset)
-        finally:
-            runner.interrupted = False
-            if self._owns_runner:
-                runner.release()
+        await self._end_with(self.sync_session.reset)
 
     async def invalidate(self) -> None:
         """Close, invalidating the connections instead of returning them to the pool."""
-        runner = self._runner
+        await self._end_with(self.sync_session.invalidate)
+
+    async def _end_with(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Run a closing call on the worker (a cancellation waits for it), then
+        give the worker back whatever happened."""
         try:
-            await runner.run_shielded(self.sync_session.invalidate)
+            await self._runner.run_shielded(fn, *args)
         finally:
-            runner.interrupted = False
-            if self._owns_runner:
-                runner.release()
+            self._give_back_worker()
+
+    def _give_back_worker(self) -> None:
+        """After closing: no cancelled call's state is left, and the worker and
+        its slot go back (unless the session borrows an AsyncConnection's)."""
+        self._runner.interrupted = False
+        if self._owns_runner:
+            self._runner.release()
 
     @classmethod
     async def close_all(cls) -> None:
