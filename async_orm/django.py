@@ -95,6 +95,8 @@ _DJANGO_ONLY_OPTIONS = frozenset(
     }
 )
 
+_V = TypeVar("_V")
+
 _lock = threading.RLock()
 _engines: dict[str, AsyncEngine] = {}
 _makers: dict[str, async_sessionmaker[AsyncSession]] = {}
@@ -218,50 +220,51 @@ def database_settings(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
     return {"URL": url, "ENGINE_OPTIONS": engine_options, "SESSION_OPTIONS": session_options}
 
 
+def _cached(cache: dict[str, _V], using: str, make: Callable[[], _V]) -> _V:
+    """``cache[using]``, made once under the module lock (re-entrant: a maker may
+    need the engine, made the same way)."""
+    found = cache.get(using)
+    if found is not None:
+        return found
+    with _lock:
+        found = cache.get(using)
+        if found is None:
+            found = cache[using] = make()
+        return found
+
+
 def get_engine(using: str = DEFAULT_DB_ALIAS) -> AsyncEngine:
     """The :class:`~async_orm.AsyncEngine` of database ``using``, created from
     the settings on first use and shared by the whole process (sync code can
     use its ``sync_engine``, which shares the connection pool)."""
-    engine = _engines.get(using)
-    if engine is not None:
-        return engine
-    with _lock:
-        engine = _engines.get(using)
-        if engine is None:
-            config = database_settings(using)
-            engine = create_async_engine(config["URL"], **config["ENGINE_OPTIONS"])
-            _engines[using] = engine
-        return engine
+
+    def make() -> AsyncEngine:
+        config = database_settings(using)
+        return create_async_engine(config["URL"], **config["ENGINE_OPTIONS"])
+
+    return _cached(_engines, using, make)
 
 
 def get_sessionmaker(using: str = DEFAULT_DB_ALIAS) -> async_sessionmaker[AsyncSession]:
     """The :class:`~async_orm.async_sessionmaker` of database ``using``, with
     its ``SESSION_OPTIONS`` (``expire_on_commit=False`` unless set)."""
-    maker = _makers.get(using)
-    if maker is not None:
-        return maker
-    with _lock:
-        maker = _makers.get(using)
-        if maker is None:
-            options = database_settings(using)["SESSION_OPTIONS"]
-            maker = async_sessionmaker(get_engine(using), **options)
-            _makers[using] = maker
-        return maker
+
+    def make() -> async_sessionmaker[AsyncSession]:
+        options = database_settings(using)["SESSION_OPTIONS"]
+        return async_sessionmaker(get_engine(using), **options)
+
+    return _cached(_makers, using, make)
 
 
 def get_scoped_session(using: str = DEFAULT_DB_ALIAS) -> async_scoped_session[AsyncSession]:
     """The :class:`~async_orm.async_scoped_session` of database ``using``,
     keyed on :data:`async_orm.scopes.local_scope` (one session per request
     under :class:`AsyncSessionMiddleware`)."""
-    scoped = _scoped.get(using)
-    if scoped is not None:
-        return scoped
-    with _lock:
-        scoped = _scoped.get(using)
-        if scoped is None:
-            scoped = async_scoped_session(get_sessionmaker(using), scopefunc=local_scope)
-            _scoped[using] = scoped
-        return scoped
+    return _cached(
+        _scoped,
+        using,
+        lambda: async_scoped_session(get_sessionmaker(using), scopefunc=local_scope),
+    )
 
 
 def current_session(using: str = DEFAULT_DB_ALIAS) -> AsyncSession:
