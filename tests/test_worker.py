@@ -150,9 +150,6 @@ async def test_result_for_a_closed_loop_is_dropped_without_error(limiter: _worke
         loop.close()
 
     # the awaiting loop goes away while the call still runs
-    t = threading.Thread(target=lambda: None)
-    t.start()
-    t.join()
     first_loop_thread = threading.Thread(target=other_loop)
     first_loop_thread.start()
     started.wait(10)
