@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.state import InstanceState
 
 from .exc import EventLoopIOError
@@ -68,23 +68,37 @@ def describe_instance(state: InstanceState[Any]) -> str:
     return f"<{cls} {pairs}>"
 
 
-def _load_message(orm_state: ORMExecuteState) -> str:
-    if orm_state.is_select:
-        options = orm_state.load_options
+class _ExecuteView:
+    """What the error message needs of an ORM execution, read from the statement and
+    its execution options (like :class:`~sqlalchemy.orm.ORMExecuteState` does), built
+    only when a statement is refused."""
+
+    def __init__(self, statement: Any, execution_options: Any) -> None:
+        self.statement = statement
+        self.is_select = bool(getattr(statement, "is_select", False))
+        self.load_options = (execution_options or {}).get("_sa_orm_load_options")
+        # ORM compile options carry the loader path and the attributes being refreshed
+        options = getattr(statement, "_compile_options", None) if self.is_select else None
+        self.compile_options = options
+        self.path = getattr(options, "_current_path", None)
+
+
+def _load_message(view: _ExecuteView) -> str:
+    if view.is_select:
+        options = view.load_options
         owner: InstanceState[Any] | None = getattr(options, "_lazy_loaded_from", None)
-        if orm_state.is_relationship_load and owner is not None:
-            path = orm_state.loader_strategy_path
-            attr = getattr(getattr(path, "prop", None), "key", None) or "<relationship>"
+        if owner is not None and view.path:
+            attr = getattr(view.path, "prop", None)
+            name = getattr(attr, "key", None) or "<relationship>"
             cls = owner.class_.__name__
             return (
-                f"{cls}.{attr} on {describe_instance(owner)} needs a database load (lazy "
-                "loading), which would block the event loop. " + _FIXES.format(cls=cls, attr=attr)
+                f"{cls}.{name} on {describe_instance(owner)} needs a database load (lazy "
+                "loading), which would block the event loop. " + _FIXES.format(cls=cls, attr=name)
             )
         refresh: InstanceState[Any] | None = getattr(options, "_refresh_state", None)
         if refresh is not None:
             cls = refresh.class_.__name__
-            compile_options = orm_state._orm_compile_options()
-            keys = sorted(getattr(compile_options, "_only_load_props", None) or ())
+            keys = sorted(getattr(view.compile_options, "_only_load_props", None) or ())
             what = (
                 f"{cls}.{keys[0]} on {describe_instance(refresh)} is"
                 if len(keys) == 1
@@ -98,16 +112,15 @@ def _load_message(orm_state: ORMExecuteState) -> str:
                 "await session.run_sync(fn)."
             )
     return (
-        f"A sync ORM statement ({str(orm_state.statement)[:80]!r}) was executed on the "
+        f"A sync ORM statement ({str(view.statement)[:80]!r}) was executed on the "
         "event loop thread, which would block the event loop. Await the AsyncSession's "
         "method instead (await session.execute(...)), or run sync code in await "
         "session.run_sync(fn)."
     )
 
 
-def _guard_orm_execute(orm_state: ORMExecuteState) -> None:
-    if loop_io_refused():
-        raise EventLoopIOError(_load_message(orm_state))
+def _execute_on_loop(statement: Any, execution_options: Any) -> EventLoopIOError:
+    return EventLoopIOError(_load_message(_ExecuteView(statement, execution_options)))
 
 
 def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
@@ -144,22 +157,38 @@ _guarded_lock = threading.Lock()
 
 def guarded_class(cls: type[Session]) -> type[Session]:
     """The subclass of ``cls`` that AsyncSession instantiates as its sync session:
-    the same class with the guard's listeners, so that sessions an application
-    uses directly pay nothing for them."""
+    the same class with the guard's hooks (an ``_execute_internal`` override and
+    flush/commit/begin listeners), so that sessions an application uses directly
+    pay nothing for them."""
     guarded = _guarded_classes.get(cls)
     if guarded is not None:
         return guarded
+    if cls.__dict__.get("_async_orm_guarded"):
+        return cls  # already a guarded class (e.g. type(async_session.sync_session))
     with _guarded_lock:
         guarded = _guarded_classes.get(cls)
         if guarded is None:
+            base_execute = cls._execute_internal
+
+            # Session.execute/scalars/scalar, lazy loads and refreshes all come through
+            # _execute_internal. Overriding it (rather than listening to do_orm_execute,
+            # whose mere presence makes every ORM execution build an ORMExecuteState)
+            # keeps the check at one C call per statement on the worker.
+            def _execute_internal(
+                self: Session, statement: Any, params: Any = None, *args: Any, **kw: Any
+            ) -> Any:
+                if _get_running_loop() is not None and loop_io_refused():
+                    raise _execute_on_loop(statement, kw.get("execution_options"))
+                return base_execute(self, statement, params, *args, **kw)
+
             namespace = {
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,
                 "__doc__": cls.__doc__,
                 "_async_orm_guarded": True,
+                "_execute_internal": _execute_internal,
             }
             guarded = type(cls.__name__, (cls,), namespace)
-            event.listen(guarded, "do_orm_execute", _guard_orm_execute)
             event.listen(guarded, "before_flush", _guard_flush)
             event.listen(guarded, "before_commit", _guard_commit)
             event.listen(guarded, "after_begin", _engine_reached)

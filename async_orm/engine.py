@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, NoReturn, TypeVar, 
 
 from sqlalchemy import event, util
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, ScalarResult, create_engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, ScalarResult, create_engine, make_url
 from sqlalchemy.engine import create_pool_from_url as _sa_create_pool_from_url
 from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
 from sqlalchemy.engine.url import URL
@@ -185,19 +185,36 @@ _checked_out: dict[int, list[Any]] = {}
 _checked_out_lock = threading.Lock()
 _get_ident = threading.get_ident
 _INSTRUMENTED = "_async_orm_instrumented"
+_GUARDED_DIALECT = "_async_orm_guarded"
 
 
-def _before_cursor_execute(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    # the loop guard for Core statements: one C call per statement off the loop
-    if _get_running_loop() is not None and _guard.loop_io_refused():
-        raise _guard.statement_on_loop(statement)
+def _guard_dialect(dialect: Dialect) -> None:
+    """The loop guard for Core statements, on one engine's dialect.
+
+    Every statement SQLAlchemy sends reaches the driver through ``do_execute``,
+    ``do_executemany`` or ``do_execute_no_params`` of the engine's dialect (its own
+    instance, shared only with ``execution_options()`` copies of that engine).
+    Wrapping those three costs one C call per statement off the loop; a
+    ``before_cursor_execute`` listener would do the same check but switch every
+    execution of the engine to SQLAlchemy's slower with-events path.  The error is
+    raised where a driver error would be, so SQLAlchemy cleans up as it does then.
+    """
+    if dialect.__dict__.get(_GUARDED_DIALECT):
+        return
+    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+        setattr(dialect, name, _refusing_on_loop(getattr(dialect, name)))
+    dialect.__dict__[_GUARDED_DIALECT] = True
+
+
+def _refusing_on_loop(method: Callable[..., None]) -> Callable[..., None]:
+    """``method(cursor, statement, ...)``, refused on a thread running an event loop."""
+
+    def guarded(cursor: Any, statement: str, *rest: Any, **kw: Any) -> None:
+        if _get_running_loop() is not None and _guard.loop_io_refused():
+            raise _guard.statement_on_loop(statement)
+        method(cursor, statement, *rest, **kw)
+
+    return guarded
 
 
 #: id(pool record) -> (thread ident, DBAPI connection) while checked out; at checkin
@@ -245,7 +262,7 @@ def _instrument(sync_engine: Engine) -> None:
     if sync_engine.__dict__.get(_INSTRUMENTED):
         return
     sync_engine.__dict__[_INSTRUMENTED] = True
-    event.listen(sync_engine, "before_cursor_execute", _before_cursor_execute)
+    _guard_dialect(sync_engine.dialect)
     event.listen(sync_engine, "checkout", _on_checkout)
     event.listen(sync_engine, "checkin", _on_checkin)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -74,6 +75,42 @@ async def test_core_statement_on_the_loop_through_the_sync_engine_is_refused(
         conn.execute(text("select 42"))
 
 
+@pytest.mark.parametrize(
+    "how",
+    ["execute", "executemany", "no_parameters"],
+)
+async def test_every_driver_entry_point_is_guarded_on_the_loop(
+    engine: async_orm.AsyncEngine, how: str
+) -> None:
+    # SQLAlchemy reaches the driver through the dialect's do_execute, do_executemany
+    # and do_execute_no_params; each is refused on the loop, and nothing is written
+    table = User.__table__
+    with engine.sync_engine.connect() as conn:
+        with pytest.raises(EventLoopIOError, match="event loop thread"):
+            if how == "execute":
+                conn.execute(table.insert(), {"id": 1, "name": "one"})
+            elif how == "executemany":
+                conn.execute(table.insert(), [{"id": 2, "name": "b"}, {"id": 3, "name": "c"}])
+            else:
+                conn.exec_driver_sql(
+                    "INSERT INTO users (id, name) VALUES (4, 'd')",
+                    execution_options={"no_parameters": True},
+                )
+        conn.rollback()
+    async with engine.connect() as aconn:
+        assert (await aconn.execute(text("SELECT count(*) FROM users"))).scalar() == 0
+
+
+async def test_a_guarded_session_class_is_not_guarded_twice(maker: Maker) -> None:
+    async with maker() as session:
+        guarded = type(session.sync_session)
+        async with async_orm.AsyncSession(
+            session.bind, sync_session_class=guarded
+        ) as again:
+            assert type(again.sync_session) is guarded
+            assert (await again.execute(text("SELECT 1"))).scalar() == 1
+
+
 async def test_allow_loop_io_opts_out(maker: Maker, engine: async_orm.AsyncEngine) -> None:
     await _user_with_address(maker)
     async with maker() as session:
@@ -117,14 +154,14 @@ async def test_the_guard_does_not_touch_sync_code_off_the_loop(
 
 
 async def test_guard_checks_once_per_statement_not_per_row(
-    maker: Maker, engine: async_orm.AsyncEngine
+    maker: Maker, engine: async_orm.AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with maker.begin() as session:
         session.add_all([User(id=i, name=f"u{i}") for i in range(1, 201)])
     calls = 0
-    real = async_orm._guard.loop_io_refused
+    real = asyncio._get_running_loop
 
-    def counting() -> bool:
+    def counting() -> asyncio.AbstractEventLoop | None:
         nonlocal calls
         calls += 1
         return real()
@@ -136,14 +173,17 @@ async def test_guard_checks_once_per_statement_not_per_row(
         statements += 1
 
     event.listen(engine.sync_engine, "before_cursor_execute", count_statement)
-    async_orm._guard.loop_io_refused = counting
+    # the ORM-level and the Core-level checks each start with this one C call
+    monkeypatch.setattr(async_orm._guard, "_get_running_loop", counting)
+    monkeypatch.setattr(async_orm.engine, "_get_running_loop", counting)
     try:
         async with maker() as session:
             users = (await session.scalars(select(User))).all()
     finally:
-        async_orm._guard.loop_io_refused = real
+        monkeypatch.undo()
         event.remove(engine.sync_engine, "before_cursor_execute", count_statement)
     assert len(users) == 200
+    assert statements >= 1
     assert 1 <= calls <= 2 * statements
 
 
