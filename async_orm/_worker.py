@@ -32,7 +32,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from queue import Empty, SimpleQueue
 from typing import Any, Final, TypeVar
 
@@ -650,10 +650,10 @@ class Runner:
             raise asyncio.CancelledError()
         return result  # type: ignore[no-any-return]
 
-    async def run_marked(self, fn: Callable[..., _T], /, *args: Any) -> _T:
+    def run_marked(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
         """Like :meth:`run`, for user code (``run_sync``): awaiting this same runner
         from inside ``fn`` raises :class:`~async_orm.exc.ReentrantCallError`."""
-        return await self.run(self._marked, fn, *args)
+        return self.run(self._marked, fn, *args)
 
     def _marked(self, fn: Callable[..., _T], *args: Any) -> _T:
         token = _inside_runner.set(self)

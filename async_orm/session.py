@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -194,11 +194,13 @@ class AsyncSession:
             "close the session) before using it again."
         )
 
-    async def _call(self, fn: Callable[..., _T], /, *args: Any) -> _T:
+    def _call(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
+        # a plain function handing back the runner's coroutine: one coroutine frame
+        # fewer to create and to resume on every awaited call
         runner = self._runner
         if runner.interrupted:
             raise self._rollback_required()
-        return await runner.run(fn, *args)
+        return runner.run(fn, *args)
 
     # -- proxy comparisons ------------------------------------------------------
 
