@@ -104,9 +104,7 @@ async def test_every_driver_entry_point_is_guarded_on_the_loop(
 async def test_a_guarded_session_class_is_not_guarded_twice(maker: Maker) -> None:
     async with maker() as session:
         guarded = type(session.sync_session)
-        async with async_orm.AsyncSession(
-            session.bind, sync_session_class=guarded
-        ) as again:
+        async with async_orm.AsyncSession(session.bind, sync_session_class=guarded) as again:
             assert type(again.sync_session) is guarded
             assert (await again.execute(text("SELECT 1"))).scalar() == 1
 
