@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
@@ -66,6 +66,25 @@ class AsyncCommon(FilterResult[_R]):
             return self._runner
         except AttributeError:
             raise sa_exc.InvalidRequestError(_NO_RUNNER.format(cls=type(self).__name__)) from None
+
+    def _take_buffer_of(self, parent: AsyncCommon[Any], convert: Callable[[Any], Any]) -> None:
+        """A view made from a partly read result: the rows the parent fetched (a chunk
+        per hop) but has not handed out yet are the view's next rows, in its shape, as
+        they are when a sync result and its view share one cursor."""
+        buffer = parent._buffer
+        if buffer:
+            self._buffer.extend(map(convert, buffer))
+            buffer.clear()
+
+    def _refuse_if_buffered(self, method: str) -> None:
+        if self._buffer:
+            raise sa_exc.InvalidRequestError(
+                f"{method}() was called on a {type(self).__name__} that has already "
+                f"fetched {len(self._buffer)} rows it has not handed out yet (rows come "
+                f"one chunk per thread hop), and those rows would escape {method}(). "
+                f"Call {method}() before reading rows, e.g. "
+                f"(await session.stream(stmt)).{method}()."
+            )
 
     def _chunk(self, size: int | None) -> int:
         return size or self._real_result._yield_per or DEFAULT_CHUNK
@@ -169,11 +188,13 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[Unpack[_Ts]]:
         """De-duplicate rows (or ORM objects) in Python; applied in place."""
+        self._refuse_if_buffered("unique")
         self._unique_filter_state = (set(), strategy)
         return self
 
     def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[Unpack[_Ts]]:
         """Limit the columns of each row, by position or name."""
+        self._refuse_if_buffered("columns")
         return self._column_slices(col_expressions)
 
     async def partitions(
@@ -279,9 +300,14 @@ class AsyncScalarResult(AsyncCommon[_R]):
             self._post_creational_filter = operator.itemgetter(0)
         self._unique_filter_state = result._unique_filter_state
         self._attach(getattr(result, "_runner", None))
+        if isinstance(index, int):
+            self._take_buffer_of(result, operator.itemgetter(index))
+        else:
+            self._take_buffer_of(result, lambda row: row._mapping[index])
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncScalarResult[_R]:
         """De-duplicate values in Python; applied in place."""
+        self._refuse_if_buffered("unique")
         self._unique_filter_state = (set(), strategy)
         return self
 
@@ -342,14 +368,17 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         if result._source_supports_scalars:
             self._metadata = self._metadata._reduce([0])
         self._attach(getattr(result, "_runner", None))
+        self._take_buffer_of(result, operator.attrgetter("_mapping"))
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncMappingResult:
         """De-duplicate mappings in Python; applied in place."""
+        self._refuse_if_buffered("unique")
         self._unique_filter_state = (set(), strategy)
         return self
 
     def columns(self, *col_expressions: _KeyIndexType) -> AsyncMappingResult:
         """Limit the keys of each mapping."""
+        self._refuse_if_buffered("columns")
         return self._column_slices(col_expressions)
 
     async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[RowMapping]]:

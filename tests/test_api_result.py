@@ -253,6 +253,44 @@ async def test_freeze_gives_a_reusable_frozen_result(maker: Maker, rows: int) ->
         assert [r.id for r in frozen().all()] == [1, 2, 3]  # again
 
 
+async def test_a_view_of_a_partly_read_result_starts_at_the_next_row(
+    maker: Maker, rows: int
+) -> None:
+    # fetchone() fetched a whole chunk on the worker; the view must not skip it
+    stmt = select(User.id, User.name).order_by(User.id)
+    async with maker() as session:
+        result = await session.stream(stmt)
+        first = await result.fetchone()
+        assert first is not None and first.id == 1
+        assert [i async for i in result.scalars()] == list(range(2, rows + 1))
+    async with maker() as session:
+        result = await session.stream(stmt)
+        assert len(await result.fetchmany(2)) == 2
+        names = [m["name"] async for m in result.mappings()]
+        assert names == [f"u{i:03d}" for i in range(3, rows + 1)]
+    async with maker() as session:
+        result = await session.stream(stmt)
+        await result.fetchone()
+        by_key = await result.scalars("name").all()
+        assert by_key[0] == "u002" and len(by_key) == rows - 1
+
+
+async def test_columns_or_unique_after_rows_were_fetched_is_refused(
+    maker: Maker, rows: int
+) -> None:
+    async with maker() as session:
+        result = await session.stream(select(User.id, User.name).order_by(User.id))
+        await result.fetchone()
+        with pytest.raises(sa_exc.InvalidRequestError, match=r"columns\(\) before reading"):
+            result.columns("name")
+        with pytest.raises(sa_exc.InvalidRequestError, match=r"would escape unique\(\)"):
+            result.unique()
+        scalars = result.scalars()
+        with pytest.raises(sa_exc.InvalidRequestError, match=r"unique\(\)"):
+            scalars.unique()
+        assert len(await scalars.all()) == rows - 1
+
+
 async def test_close_and_closed(maker: Maker, rows: int) -> None:
     async with maker() as session:
         result = await session.stream(ordered)
