@@ -183,9 +183,27 @@ class AsyncSession:
         else:
             self._owns_runner = False
         self._runner = runner
+        #: id(sync Connection) -> its AsyncConnection, so that the same sync connection
+        #: always comes back as the same object, as in SQLAlchemy
+        self._async_connections: dict[int, AsyncConnection] = {}
         _all_sessions.add(self)
 
     # -- the hop -----------------------------------------------------------------
+
+    def _async_connection(self, sync_conn: Connection) -> AsyncConnection:
+        """The AsyncConnection of one of this session's sync connections: the same
+        object for as long as that connection is open
+        (``await session.connection() is await session.connection()``)."""
+        cache = self._async_connections
+        found = cache.get(id(sync_conn))
+        if found is not None and found.sync_connection is sync_conn:
+            return found
+        for key, conn in list(cache.items()):  # forget those of ended transactions
+            if conn.sync_connection is None or conn.sync_connection.closed:
+                del cache[key]
+        conn = AsyncConnection._for_session(AsyncEngine(sync_conn.engine), sync_conn, self._runner)
+        cache[id(sync_conn)] = conn
+        return conn
 
     def _rollback_required(self) -> RollbackRequiredAfterCancel:
         return RollbackRequiredAfterCancel(
@@ -666,7 +684,7 @@ class AsyncSession:
                 **kw,
             )
         )
-        return AsyncConnection._for_session(AsyncEngine(sync_conn.engine), sync_conn, self._runner)
+        return self._async_connection(sync_conn)
 
     async def run_sync(
         self,
@@ -724,6 +742,7 @@ class AsyncSession:
         """After closing: no cancelled call's state is left, and the worker and
         its slot go back (unless the session borrows an AsyncConnection's)."""
         self._runner.interrupted = False
+        self._async_connections.clear()
         if self._owns_runner:
             self._runner.release()
 
@@ -998,11 +1017,8 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
         @property
         def connections(self) -> frozenset[AsyncConnection]:
             """The :class:`AsyncConnection` objects this transaction holds."""
-            runner = self.session._runner
-            return frozenset(
-                AsyncConnection._for_session(AsyncEngine(conn.engine), conn, runner)
-                for conn in self._sync().connections
-            )
+            session = self.session
+            return frozenset(session._async_connection(conn) for conn in self._sync().connections)
 
         def bound_connection(
             self,
@@ -1017,9 +1033,7 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
                 bind=_get_sync_engine_or_connection(bind) if bind is not None else None,
                 **kw,
             )
-            return AsyncConnection._for_session(
-                AsyncEngine(sync_conn.engine), sync_conn, self.session._runner
-            )
+            return self.session._async_connection(sync_conn)
 
 
 class async_sessionmaker(Generic[_AS]):

@@ -350,9 +350,11 @@ async def test_connection_joins_the_session_transaction_on_the_session_thread(
         session_thread = await session.run_sync(lambda s: threading.get_ident())
         assert statement_threads.threads == {session_thread}
         again = await session.connection(bind_arguments={"mapper": inspect(User)})
-        assert again == conn
+        assert again is conn  # one AsyncConnection per sync connection, as in SQLAlchemy
         await session.rollback()
         assert await session.scalar(select(User.name).where(User.id == 3)) is None
+        after = await session.connection()
+        assert after is not conn and after.sync_connection is not conn.sync_connection
 
 
 async def test_run_sync_runs_a_sync_function_with_the_sync_session(seeded: Maker) -> None:
@@ -606,9 +608,10 @@ async def test_session_transaction_connections_and_bound_connection(
         conn = await session.connection()
         assert trans.connections == frozenset({conn})
         assert all(isinstance(c, async_orm.AsyncConnection) for c in trans.connections)
+        assert next(iter(trans.connections)) is conn
         bound = trans.bound_connection(User)
-        assert isinstance(bound, async_orm.AsyncConnection) and bound == conn
-        assert trans.bound_connection(bind=engine) == conn
+        assert isinstance(bound, async_orm.AsyncConnection) and bound is conn
+        assert trans.bound_connection(bind=engine) is conn
         assert await bound.scalar(select(func.count()).select_from(User)) == 2
         await trans.rollback()
 
