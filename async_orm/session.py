@@ -940,7 +940,13 @@ class _AsyncSessionContextManager(Generic[_AS]):
 
     async def __aenter__(self) -> _AS:
         self.trans = self.async_session.begin()
-        await self.trans.__aenter__()
+        try:
+            await self.trans.__aenter__()
+        except BaseException:
+            # __aexit__ will not run: the session this block made must still give back
+            # the worker thread and slot that its first call took (closing is shielded)
+            await self.async_session.close()
+            raise
         return self.async_session
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:

@@ -152,6 +152,44 @@ async def test_cancelled_request_leaks_no_connection_and_no_worker(
         assert (await session.scalars(select(User))).all() == []
 
 
+async def test_cancelled_while_entering_maker_begin_gives_the_worker_back(
+    engine: async_orm.AsyncEngine, maker: Maker
+) -> None:
+    # async with maker.begin(): a cancellation while the BEGIN runs on the worker ends
+    # __aenter__, so __aexit__ never runs; the session it made must still be closed
+    loop = asyncio.get_running_loop()
+    beginning = asyncio.Event()
+    release = threading.Event()
+    entered = []
+
+    def hold(session: Any, transaction: Any) -> None:
+        if transaction.parent is None:
+            loop.call_soon_threadsafe(beginning.set)
+            release.wait(10)
+
+    event.listen(async_orm.AsyncSession.sync_session_class, "after_transaction_create", hold)
+    try:
+
+        async def request() -> None:
+            async with maker.begin() as session:
+                entered.append(session)
+
+        task = asyncio.ensure_future(request())
+        async with asyncio.timeout(10):
+            await beginning.wait()
+        task.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        event.remove(async_orm.AsyncSession.sync_session_class, "after_transaction_create", hold)
+    assert entered == []
+    assert engine._limiter.in_use == 0
+    assert async_orm._worker.pool.stats()["busy"] == 0
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 async def test_cancellation_during_close_still_closes(
     engine: async_orm.AsyncEngine, maker: Maker
 ) -> None:
