@@ -14,7 +14,7 @@ import ssl
 import threading
 import weakref
 from asyncio import _get_running_loop
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, NoReturn, TypeVar, overload
 
 from sqlalchemy import event, util
@@ -39,6 +39,7 @@ from .exc import (
     AsyncContextNotStarted,
     AsyncDriverURLError,
     AsyncMethodRequired,
+    RollbackRequiredAfterCancel,
 )
 from .result import AsyncResult, AsyncScalarResult
 
@@ -700,6 +701,14 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
             self._raise_for_not_started()
         return conn
 
+    def _call(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
+        """Run a statement-making call on the worker, unless a cancelled call left this
+        connection's transaction in an unknown state (then a rollback comes first)."""
+        runner = self._runner
+        if runner.interrupted:
+            raise _connection_rollback_required()
+        return runner.run(fn, *args)
+
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
@@ -729,6 +738,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
                 await self._runner.run_shielded(conn.close)
         finally:
             if self._owns_runner:
+                self._runner.interrupted = False
                 self._runner.release()
 
     async def aclose(self) -> None:
@@ -756,11 +766,12 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 
     async def commit(self) -> None:
         """Commit the transaction in progress."""
-        await self._runner.run(self._connection_for().commit)
+        await self._call(self._connection_for().commit)
 
     async def rollback(self) -> None:
         """Roll back the transaction in progress."""
         await self._runner.run(self._connection_for().rollback)
+        self._runner.interrupted = False
 
     def in_transaction(self) -> bool:
         """True if a transaction is in progress."""
@@ -868,9 +879,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         """Execute a statement and return a buffered :class:`CursorResult`
         (every row fetched on the worker)."""
         conn = self._connection_for()
-        return await self._runner.run(
-            self._execute_sync, conn, statement, parameters, execution_options
-        )
+        return await self._call(self._execute_sync, conn, statement, parameters, execution_options)
 
     @staticmethod
     def _execute_sync(
@@ -895,7 +904,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
             result = conn.exec_driver_sql(statement, parameters, execution_options)
             return _buffer_result(result, "exec_driver_sql")
 
-        return await self._runner.run(call)
+        return await self._call(call)
 
     @overload
     async def scalar(
@@ -990,7 +999,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     ) -> AsyncResult[Unpack[TupleAny]]:
         conn = self._connection_for()
         options = _STREAM.union(execution_options) if execution_options else _STREAM
-        result = await self._runner.run(
+        result = await self._call(
             lambda: conn.execute(statement, parameters, execution_options=options)
         )
         return AsyncResult(result, self._runner)
@@ -1035,7 +1044,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         """Run ``fn(sync_connection, *arg, **kw)`` on this connection's worker
         thread, e.g. ``await conn.run_sync(metadata.create_all)``."""
         conn = self._connection_for()
-        return await self._runner.run_marked(lambda: fn(conn, *arg, **kw))
+        return await self._call(self._runner._marked, lambda: fn(conn, *arg, **kw))
 
 
 # --------------------------------------------------------------------------
@@ -1096,14 +1105,22 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
     async def close(self) -> None:
         """Close the transaction: roll back a root one, release a nested one."""
         await self.connection._runner.run_shielded(self._sync().close)
+        self._rolled_back()
 
     async def rollback(self) -> None:
         """Roll back this transaction."""
         await self.connection._runner.run(self._sync().rollback)
+        self._rolled_back()
 
     async def commit(self) -> None:
         """Commit this transaction."""
-        await self.connection._runner.run(self._sync().commit)
+        await self.connection._call(self._sync().commit)
+
+    def _rolled_back(self) -> None:
+        # a root rollback ends whatever state a cancelled call left; rolling back to a
+        # savepoint does not (SQLite may already have rolled back the whole transaction)
+        if not self.nested:
+            self.connection._runner.interrupted = False
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
         """Begin the transaction on the connection's worker."""
@@ -1121,8 +1138,50 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        trans = self._sync()
-        await self.connection._runner.run_shielded(trans.__exit__, type_, value, traceback)
+        await _exit_transaction(
+            self.connection._runner,
+            self._sync(),
+            self.nested,
+            type_,
+            value,
+            traceback,
+            _connection_rollback_required,
+        )
+
+
+def _connection_rollback_required() -> RollbackRequiredAfterCancel:
+    return RollbackRequiredAfterCancel(
+        "A call of this AsyncConnection was cancelled while it was running, so its "
+        "transaction is in an unknown state. Call 'await conn.rollback()' (or close the "
+        "connection) before using it again."
+    )
+
+
+async def _exit_transaction(
+    runner: _worker.Runner,
+    trans: Any,
+    nested: bool,
+    type_: Any,
+    value: Any,
+    traceback: Any,
+    rollback_required: Callable[[], RollbackRequiredAfterCancel],
+) -> None:
+    """The exit of ``async with ...begin()`` (connection or session), shielded.
+
+    A block that ends normally commits, unless a call cancelled while it ran left the
+    transaction in an unknown state: then it is rolled back instead and
+    :class:`RollbackRequiredAfterCancel` raised, so half a unit of work is never
+    committed.  A root rollback clears that state; a savepoint's does not.
+    """
+    refused = None
+    if type_ is None and runner.interrupted:
+        refused = rollback_required()
+        type_, value, traceback = type(refused), refused, None
+    await runner.run_shielded(trans.__exit__, type_, value, traceback)
+    if type_ is not None and not nested:
+        runner.interrupted = False
+    if refused is not None:
+        raise refused
 
 
 def _get_sync_engine_or_connection(

@@ -95,8 +95,8 @@ class ReentrantCallError(_Documented, sa_exc.InvalidRequestError):
 
 
 class RollbackRequiredAfterCancel(_Documented, sa_exc.PendingRollbackError):
-    """A call of this session was cancelled while it ran; its transaction is in
-    an unknown state until ``rollback()``."""
+    """A call of this session (or connection) was cancelled while it ran; its
+    transaction is in an unknown state until ``rollback()``."""
 
     code = "rollback-after-cancel"
 

@@ -36,6 +36,7 @@ from .engine import (
     AsyncEngine,
     StartableContext,
     _buffer_result,
+    _exit_transaction,
     _get_sync_engine_or_connection,
     _new_runner,
 )
@@ -1013,10 +1014,16 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        trans = self._sync()
-        await self.session._runner.run_shielded(trans.__exit__, type_, value, traceback)
-        if type_ is not None and not self.nested:
-            self.session._runner.interrupted = False  # __exit__ rolled back
+        session = self.session
+        await _exit_transaction(
+            session._runner,
+            self._sync(),
+            self.nested,
+            type_,
+            value,
+            traceback,
+            session._rollback_required,
+        )
 
     if _HAS_21_API:
 

@@ -152,6 +152,49 @@ async def test_cancelled_request_leaks_no_connection_and_no_worker(
         assert (await session.scalars(select(User))).all() == []
 
 
+async def _cancel_running(call: Any, started: StatementStarted) -> None:
+    """Start ``call`` in a task, cancel it once its statement runs, wait for it."""
+    task = asyncio.ensure_future(call)
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_connection_whose_statement_was_cancelled_requires_a_rollback(
+    engine: async_orm.AsyncEngine, backend: str, slow_started: StatementStarted
+) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("select 1"))
+        await _cancel_running(conn.execute(text(SLOW[backend])), slow_started)
+        with pytest.raises(RollbackRequiredAfterCancel, match=r"await conn\.rollback\(\)"):
+            await conn.execute(text("select 1"))
+        with pytest.raises(RollbackRequiredAfterCancel):
+            await conn.commit()
+        await conn.rollback()
+        assert (await conn.execute(text("select 1"))).scalar() == 1
+
+
+async def test_a_begin_block_that_swallowed_a_cancellation_rolls_back_instead_of_committing(
+    engine: async_orm.AsyncEngine, maker: Maker, backend: str, slow_started: StatementStarted
+) -> None:
+    # the block ends normally, but a cancelled statement left its transaction in an
+    # unknown state: the exit must not commit the half that ran before it
+    with pytest.raises(RollbackRequiredAfterCancel):
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(User), {"id": 1, "name": "core"})
+            await _cancel_running(conn.execute(text(SLOW[backend])), slow_started)
+    slow_started.event.clear()
+    with pytest.raises(RollbackRequiredAfterCancel):
+        async with maker() as session, session.begin():
+            session.add(User(id=2, name="orm"))
+            await session.flush()
+            await _cancel_running(session.execute(text(SLOW[backend])), slow_started)
+    async with maker() as session:
+        assert (await session.scalars(select(User))).all() == []
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 async def test_cancelled_while_entering_maker_begin_gives_the_worker_back(
     engine: async_orm.AsyncEngine, maker: Maker
 ) -> None:
