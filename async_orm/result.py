@@ -5,6 +5,14 @@ server-side cursor (PostgreSQL) or lazy cursor (SQLite) on the owner's worker
 thread, and rows come to the event loop in chunks, one thread hop per chunk
 (``yield_per`` rows, 1000 by default).  ``async for`` then serves rows from the
 chunk without further hops.
+
+What crosses the thread boundary is the driver's rows as SQLAlchemy fetched them
+(ORM objects already loaded, on the worker); ``async for`` and ``fetchone()`` turn
+each into its :class:`Row` (or scalar, or mapping) as it is handed out, as the
+sync ``Result`` does while it is iterated.  Building a whole chunk of ``Row``
+objects ahead would keep a thousand young objects alive per hop, which doubles
+the garbage collector's work on a long stream.  With :meth:`unique` the chunk is
+built and de-duplicated on the worker instead.
 """
 
 from __future__ import annotations
@@ -41,6 +49,11 @@ __all__ = [
 #: rows fetched per thread hop when no yield_per is set
 DEFAULT_CHUNK = 1000
 
+
+def _same(row: Any) -> Any:
+    return row
+
+
 _NO_RUNNER = (
     "This {cls} is not attached to an async_orm session or connection. Get async "
     "results from AsyncSession.stream() or AsyncConnection.stream()."
@@ -73,45 +86,102 @@ class AsyncCommon(FilterResult[_R]):
         they are when a sync result and its view share one cursor."""
         buffer = parent._buffer
         if buffer:
-            self._buffer.extend(map(convert, buffer))
+            if parent._unique_filter_state:
+                # built on the worker in the parent's shape (see _fill)
+                self._buffer.extend(map(convert, buffer))
+            else:
+                # as fetched: the view builds them in its own shape
+                self._buffer.extend(buffer)
             buffer.clear()
 
     def _refuse_if_buffered(self, method: str) -> None:
         if self._buffer:
             raise sa_exc.InvalidRequestError(
-                f"{method}() was called on a {type(self).__name__} that has already "
+                f"{method}() was called on this {type(self).__name__}, which has already "
                 f"fetched {len(self._buffer)} rows it has not handed out yet (rows come "
                 f"one chunk per thread hop), and those rows would escape {method}(). "
                 f"Call {method}() before reading rows, e.g. "
                 f"(await session.stream(stmt)).{method}()."
             )
 
+    def _unique_applied(self) -> None:
+        # like SQLAlchemy's generative unique(): the row getters depend on it
+        self._generate()
+
     def _chunk(self, size: int | None) -> int:
         return size or self._real_result._yield_per or DEFAULT_CHUNK
 
+    def _finish(self, row: Any) -> Any:
+        """Turn one buffered row into what this result hands out.  The first call
+        memoizes the function for this result in its ``__dict__``, where it shadows
+        this method (``columns()`` and ``unique()`` reset it)."""
+        return self._build_row()(row)
+
+    def _build_row(self) -> Callable[[Any], Any]:
+        try:
+            return self.__dict__["_finish"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        finish: Callable[[Any], Any]
+        if self._unique_filter_state:
+            finish = _same  # built on the worker: see _fill
+        else:
+            getter: Any = self._row_getter
+            make_row = getter[0] if isinstance(getter, tuple) else getter  # SA 2.1 / 2.0
+            post = self._post_creational_filter
+            if make_row is None:
+                finish = post or _same
+            elif post is None:
+                finish = make_row
+            else:
+
+                def finish(raw: Any) -> Any:
+                    return post(make_row(raw))
+
+        self._set_memoized_attribute("_finish", finish)
+        return finish
+
+    async def _fill(self) -> bool:
+        """Fetch the next chunk into the empty buffer, one hop; False when exhausted."""
+        runner = self._get_runner()
+        rows: Sequence[Any]
+        if self._unique_filter_state:
+            # de-duplicating needs the built rows: build and filter them on the worker
+            rows = await runner.run(self._manyrow_getter, self, self._chunk(None))
+        else:
+            rows = await runner.run(self._fetchmany_impl, self._chunk(None))
+        if not rows:
+            return False
+        self._buffer.extend(rows)
+        return True
+
     async def _next_row(self) -> Any:
         buffer = self._buffer
-        if not buffer:
-            rows = await self._get_runner().run(self._manyrow_getter, self, self._chunk(None))
-            if not rows:
-                return None
-            buffer.extend(rows)
-        return buffer.popleft()
+        if buffer or await self._fill():
+            return self._finish(buffer.popleft())
+        return None
+
+    def _take(self, count: int) -> list[Any]:
+        buffer = self._buffer
+        finish = self._build_row()
+        return [finish(buffer.popleft()) for _ in range(count)]
 
     async def _many(self, size: int | None) -> list[Any]:
         buffer = self._buffer
+        runner = self._get_runner()
         if buffer:
             count = len(buffer) if size is None else min(size, len(buffer))
-            taken = [buffer.popleft() for _ in range(count)]
+            taken = self._take(count)
             if size is None or count == size:
                 return taken
-            more = await self._get_runner().run(self._manyrow_getter, self, size - count)
+            more = await runner.run(self._manyrow_getter, self, size - count)
             return taken + list(more)
-        return list(await self._get_runner().run(self._manyrow_getter, self, self._chunk(size)))
+        # no size: what the sync Result.fetchmany() returns (yield_per rows, or the
+        # driver's cursor.arraysize)
+        return list(await runner.run(self._manyrow_getter, self, size))
 
     async def _rest(self) -> list[Any]:
-        taken = list(self._buffer)
-        self._buffer.clear()
+        taken = self._take(len(self._buffer))
         rows = await self._get_runner().run(self._allrows)
         return taken + list(rows) if taken else list(rows)
 
@@ -123,7 +193,7 @@ class AsyncCommon(FilterResult[_R]):
                 self._only_one_row, raise_for_second_row, raise_for_none, scalar
             )
         # part of the result was already served from a chunk: decide locally
-        rows = await self._rest() if raise_for_second_row else [self._buffer[0]]
+        rows = await self._rest() if raise_for_second_row else self._take(1)
         self._buffer.clear()
         await self._get_runner().run(self._real_result.close)
         if not rows:
@@ -189,6 +259,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[Unpack[_Ts]]:
         """De-duplicate rows (or ORM objects) in Python; applied in place."""
         self._refuse_if_buffered("unique")
+        self._unique_applied()
         self._unique_filter_state = (set(), strategy)
         return self
 
@@ -213,7 +284,8 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return await self._next_row()  # type: ignore[no-any-return]
 
     async def fetchmany(self, size: int | None = None) -> Sequence[Row[Unpack[_Ts]]]:
-        """Up to ``size`` rows; an empty list when exhausted."""
+        """Up to ``size`` rows; an empty list when exhausted.  With no ``size``, as
+        many as the sync ``Result.fetchmany()`` returns (``yield_per``, or all)."""
         return await self._many(size)
 
     async def all(self) -> Sequence[Row[Unpack[_Ts]]]:
@@ -224,12 +296,10 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return self
 
     async def __anext__(self) -> Row[Unpack[_Ts]]:
-        if self._buffer:  # the common case: no hop, no extra coroutine
-            return self._buffer.popleft()  # type: ignore[no-any-return]
-        row = await self._next_row()
-        if row is None:
-            raise StopAsyncIteration()
-        return row  # type: ignore[no-any-return]
+        buffer = self._buffer
+        if buffer or await self._fill():  # the common case: no hop, no extra coroutine
+            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
+        raise StopAsyncIteration()
 
     async def first(self) -> Row[Unpack[_Ts]] | None:
         """The first row or ``None``; closes the result."""
@@ -308,6 +378,7 @@ class AsyncScalarResult(AsyncCommon[_R]):
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncScalarResult[_R]:
         """De-duplicate values in Python; applied in place."""
         self._refuse_if_buffered("unique")
+        self._unique_applied()
         self._unique_filter_state = (set(), strategy)
         return self
 
@@ -321,7 +392,8 @@ class AsyncScalarResult(AsyncCommon[_R]):
         return await self._rest()
 
     async def fetchmany(self, size: int | None = None) -> Sequence[_R]:
-        """Up to ``size`` values; an empty list when exhausted."""
+        """Up to ``size`` values; an empty list when exhausted.  With no ``size``, as
+        many as the sync ``Result.fetchmany()`` returns (``yield_per``, or all)."""
         return await self._many(size)
 
     async def all(self) -> Sequence[_R]:
@@ -332,13 +404,10 @@ class AsyncScalarResult(AsyncCommon[_R]):
         return self
 
     async def __anext__(self) -> _R:
-        if self._buffer:
-            return self._buffer.popleft()  # type: ignore[no-any-return]
-        rows = await self._many(None)
-        if not rows:
-            raise StopAsyncIteration()
-        self._buffer.extend(rows[1:])
-        return rows[0]  # type: ignore[no-any-return]
+        buffer = self._buffer
+        if buffer or await self._fill():
+            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
+        raise StopAsyncIteration()
 
     async def first(self) -> _R | None:
         """The first value or ``None``; closes the result."""
@@ -373,6 +442,7 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncMappingResult:
         """De-duplicate mappings in Python; applied in place."""
         self._refuse_if_buffered("unique")
+        self._unique_applied()
         self._unique_filter_state = (set(), strategy)
         return self
 
@@ -395,7 +465,8 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         return await self._next_row()  # type: ignore[no-any-return]
 
     async def fetchmany(self, size: int | None = None) -> Sequence[RowMapping]:
-        """Up to ``size`` mappings; an empty list when exhausted."""
+        """Up to ``size`` mappings; an empty list when exhausted.  With no ``size``, as
+        many as the sync ``Result.fetchmany()`` returns (``yield_per``, or all)."""
         return await self._many(size)
 
     async def all(self) -> Sequence[RowMapping]:
@@ -406,12 +477,10 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
         return self
 
     async def __anext__(self) -> RowMapping:
-        if self._buffer:
-            return self._buffer.popleft()  # type: ignore[no-any-return]
-        row = await self._next_row()
-        if row is None:
-            raise StopAsyncIteration()
-        return row  # type: ignore[no-any-return]
+        buffer = self._buffer
+        if buffer or await self._fill():
+            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
+        raise StopAsyncIteration()
 
     async def first(self) -> RowMapping | None:
         """The first mapping or ``None``; closes the result."""

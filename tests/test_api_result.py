@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy import bindparam, func, insert, select, text, true
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import FrozenResult, Row, RowMapping
 from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
@@ -289,6 +289,69 @@ async def test_columns_or_unique_after_rows_were_fetched_is_refused(
         with pytest.raises(sa_exc.InvalidRequestError, match=r"unique\(\)"):
             scalars.unique()
         assert len(await scalars.all()) == rows - 1
+
+
+async def test_unique_applied_after_a_chunk_was_read_filters_the_rows_after_it(
+    maker: Maker, rows: int
+) -> None:
+    # each of users 1-4 twice (once per address); yield_per=2: a chunk per user
+    stmt = (
+        select(User.name, Address.id.label("address_id"))
+        .join(Address, true())
+        .where(User.id <= 4)
+        .order_by(User.name, Address.id)
+    )
+    async with maker() as session:
+        result = await session.stream(stmt, execution_options={"yield_per": 2})
+        first_chunk = [await result.fetchone(), await result.fetchone()]
+        assert [r.name for r in first_chunk if r is not None] == ["u001", "u001"]
+        # the buffer is empty: allowed, and it applies from here on, as in SQLAlchemy
+        result.unique(lambda row: row.name)
+        assert [r.name async for r in result] == ["u002", "u003", "u004"]
+
+
+async def test_fetchmany_without_a_size_returns_what_the_sync_result_returns(
+    engine: async_orm.AsyncEngine, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no yield_per: SQLAlchemy's streaming strategy returns every remaining row;
+    # with yield_per: that many.  Not the chunk size async for uses (made small here).
+    monkeypatch.setattr(async_orm.result, "DEFAULT_CHUNK", 10)
+    for options in ({}, {"yield_per": 7}):
+        async with engine.connect() as conn:
+
+            def sync_count(c: Any, options: dict[str, Any] = options) -> int:
+                sync_options = {"stream_results": True, **options}
+                result = c.execute(ordered, execution_options=sync_options)
+                try:
+                    return len(result.fetchmany())
+                finally:
+                    result.close()
+
+            expected = await conn.run_sync(sync_count)
+            result = await conn.stream(ordered, execution_options=options)
+            assert len(await result.fetchmany()) == expected
+            await result.close()
+        assert expected == (7 if options else rows)
+
+
+async def test_streamed_rows_are_built_as_they_are_handed_out(maker: Maker, rows: int) -> None:
+    # a chunk crosses the thread boundary as fetched; Row objects are made one at a time
+    # (a chunk of a thousand live Rows per hop doubles the GC's work on a long stream)
+    import gc
+
+    def live_rows() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Row)
+
+    async with maker() as session:
+        result = await session.stream(select(User.id, User.name).order_by(User.id))
+        before = live_rows()
+        first = await result.fetchone()
+        assert first is not None and first.id == 1
+        assert len(result._buffer) == rows - 1  # the rest of the chunk is here...
+        assert live_rows() - before <= 1  # ...but not as Row objects
+        mappings = result.mappings()
+        assert [m["id"] async for m in mappings] == list(range(2, rows + 1))
+        assert live_rows() - before <= 2
 
 
 async def test_close_and_closed(maker: Maker, rows: int) -> None:
