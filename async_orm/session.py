@@ -996,9 +996,12 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
         return trans is not None and trans.is_active
 
     async def rollback(self) -> None:
-        """Roll back this transaction."""
+        """Roll back this transaction.  Rolling back the root transaction clears the
+        state a cancelled call left; rolling back to a savepoint does not (SQLite may
+        already have rolled back the whole transaction)."""
         await self.session._runner.run(self._sync().rollback)
-        self.session._runner.interrupted = False
+        if not self.nested:
+            self.session._runner.interrupted = False
 
     async def commit(self) -> None:
         """Commit this transaction."""

@@ -175,6 +175,30 @@ async def test_a_connection_whose_statement_was_cancelled_requires_a_rollback(
         assert (await conn.execute(text("select 1"))).scalar() == 1
 
 
+async def test_rolling_back_a_savepoint_does_not_clear_the_after_cancel_state(
+    engine: async_orm.AsyncEngine, maker: Maker, backend: str, slow_started: StatementStarted
+) -> None:
+    # sessions and connections alike: only a root rollback ends the unknown state
+    async with maker() as session:
+        nested = await session.begin_nested()
+        await _cancel_running(session.execute(text(SLOW[backend])), slow_started)
+        await nested.rollback()
+        with pytest.raises(RollbackRequiredAfterCancel, match=r"session\.rollback\(\)"):
+            await session.execute(text("select 1"))
+        await session.rollback()
+        assert (await session.execute(text("select 1"))).scalar() == 1
+    slow_started.event.clear()
+    async with engine.connect() as conn:
+        root = await conn.begin()
+        savepoint = await conn.begin_nested()
+        await _cancel_running(conn.execute(text(SLOW[backend])), slow_started)
+        await savepoint.rollback()
+        with pytest.raises(RollbackRequiredAfterCancel, match=r"conn\.rollback\(\)"):
+            await conn.execute(text("select 1"))
+        await root.rollback()
+        assert (await conn.execute(text("select 1"))).scalar() == 1
+
+
 async def test_a_begin_block_that_swallowed_a_cancellation_rolls_back_instead_of_committing(
     engine: async_orm.AsyncEngine, maker: Maker, backend: str, slow_started: StatementStarted
 ) -> None:
