@@ -104,9 +104,10 @@ class AsyncCommon(FilterResult[_R]):
                 f"(await session.stream(stmt)).{method}()."
             )
 
-    def _unique_applied(self) -> None:
-        # like SQLAlchemy's generative unique(): the row getters depend on it
-        self._generate()
+    def _set_unique(self, strategy: _UniqueFilterType | None) -> None:
+        self._refuse_if_buffered("unique")
+        self._generate()  # like SQLAlchemy's generative unique(): the row getters depend on it
+        self._unique_filter_state = (set(), strategy)
 
     def _chunk(self, size: int | None) -> int:
         return size or self._real_result._yield_per or DEFAULT_CHUNK
@@ -154,6 +155,13 @@ class AsyncCommon(FilterResult[_R]):
             return False
         self._buffer.extend(rows)
         return True
+
+    async def _anext(self) -> _R:
+        """The views' ``__anext__``, written once."""
+        buffer = self._buffer
+        if buffer or await self._fill():  # the common case: no hop, no extra coroutine
+            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
+        raise StopAsyncIteration()
 
     async def _next_row(self) -> Any:
         buffer = self._buffer
@@ -258,9 +266,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncResult[Unpack[_Ts]]:
         """De-duplicate rows (or ORM objects) in Python; applied in place."""
-        self._refuse_if_buffered("unique")
-        self._unique_applied()
-        self._unique_filter_state = (set(), strategy)
+        self._set_unique(strategy)
         return self
 
     def columns(self, *col_expressions: _KeyIndexType) -> AsyncResult[Unpack[_Ts]]:
@@ -295,11 +301,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
     def __aiter__(self) -> AsyncResult[Unpack[_Ts]]:
         return self
 
-    async def __anext__(self) -> Row[Unpack[_Ts]]:
-        buffer = self._buffer
-        if buffer or await self._fill():  # the common case: no hop, no extra coroutine
-            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
-        raise StopAsyncIteration()
+    __anext__ = AsyncCommon._anext
 
     async def first(self) -> Row[Unpack[_Ts]] | None:
         """The first row or ``None``; closes the result."""
@@ -377,9 +379,7 @@ class AsyncScalarResult(AsyncCommon[_R]):
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncScalarResult[_R]:
         """De-duplicate values in Python; applied in place."""
-        self._refuse_if_buffered("unique")
-        self._unique_applied()
-        self._unique_filter_state = (set(), strategy)
+        self._set_unique(strategy)
         return self
 
     async def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[_R]]:
@@ -403,11 +403,7 @@ class AsyncScalarResult(AsyncCommon[_R]):
     def __aiter__(self) -> AsyncScalarResult[_R]:
         return self
 
-    async def __anext__(self) -> _R:
-        buffer = self._buffer
-        if buffer or await self._fill():
-            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
-        raise StopAsyncIteration()
+    __anext__ = AsyncCommon._anext
 
     async def first(self) -> _R | None:
         """The first value or ``None``; closes the result."""
@@ -441,9 +437,7 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
 
     def unique(self, strategy: _UniqueFilterType | None = None) -> AsyncMappingResult:
         """De-duplicate mappings in Python; applied in place."""
-        self._refuse_if_buffered("unique")
-        self._unique_applied()
-        self._unique_filter_state = (set(), strategy)
+        self._set_unique(strategy)
         return self
 
     def columns(self, *col_expressions: _KeyIndexType) -> AsyncMappingResult:
@@ -476,11 +470,7 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
     def __aiter__(self) -> AsyncMappingResult:
         return self
 
-    async def __anext__(self) -> RowMapping:
-        buffer = self._buffer
-        if buffer or await self._fill():
-            return self._finish(buffer.popleft())  # type: ignore[no-any-return]
-        raise StopAsyncIteration()
+    __anext__ = AsyncCommon._anext
 
     async def first(self) -> RowMapping | None:
         """The first mapping or ``None``; closes the result."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import String, select
-from sqlalchemy.engine import CursorResult, Result, Row, ScalarResult
+from sqlalchemy.engine import CursorResult, Result, Row, RowMapping, ScalarResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from typing_extensions import assert_type
 
@@ -57,3 +57,9 @@ async def streamed_rows(session: AsyncSession) -> None:
     assert_type(result.scalars(), AsyncScalarResult[int])
     assert_type(await result.scalars().all(), Sequence[int])
     assert_type(result.t, AsyncTupleResult[tuple[int, str]])
+    async for row in result:
+        assert_type(row, Row[int, str])
+    async for user_id in result.scalars():
+        assert_type(user_id, int)
+    async for mapping in result.mappings():
+        assert_type(mapping, RowMapping)
