@@ -1105,22 +1105,16 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
     async def close(self) -> None:
         """Close the transaction: roll back a root one, release a nested one."""
         await self.connection._runner.run_shielded(self._sync().close)
-        self._rolled_back()
+        _rolled_back(self.connection._runner, self.nested)
 
     async def rollback(self) -> None:
         """Roll back this transaction."""
         await self.connection._runner.run(self._sync().rollback)
-        self._rolled_back()
+        _rolled_back(self.connection._runner, self.nested)
 
     async def commit(self) -> None:
         """Commit this transaction."""
         await self.connection._call(self._sync().commit)
-
-    def _rolled_back(self) -> None:
-        # a root rollback ends whatever state a cancelled call left; rolling back to a
-        # savepoint does not (SQLite may already have rolled back the whole transaction)
-        if not self.nested:
-            self.connection._runner.interrupted = False
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
         """Begin the transaction on the connection's worker."""
@@ -1157,6 +1151,14 @@ def _connection_rollback_required() -> RollbackRequiredAfterCancel:
     )
 
 
+def _rolled_back(runner: _worker.Runner, nested: bool) -> None:
+    """After a transaction's rollback: a root rollback ends whatever state a cancelled
+    call left; rolling back to a savepoint does not (SQLite may already have rolled
+    back the whole transaction)."""
+    if not nested:
+        runner.interrupted = False
+
+
 async def _exit_transaction(
     runner: _worker.Runner,
     trans: Any,
@@ -1178,8 +1180,8 @@ async def _exit_transaction(
         refused = rollback_required()
         type_, value, traceback = type(refused), refused, None
     await runner.run_shielded(trans.__exit__, type_, value, traceback)
-    if type_ is not None and not nested:
-        runner.interrupted = False
+    if type_ is not None:  # the block's exit rolled back
+        _rolled_back(runner, nested)
     if refused is not None:
         raise refused
 

@@ -39,6 +39,7 @@ from .engine import (
     _exit_transaction,
     _get_sync_engine_or_connection,
     _new_runner,
+    _rolled_back,
 )
 from .exc import AsyncBindNotFound, AsyncMethodRequired, RollbackRequiredAfterCancel
 from .result import AsyncResult, AsyncScalarResult
@@ -1000,8 +1001,7 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
         state a cancelled call left; rolling back to a savepoint does not (SQLite may
         already have rolled back the whole transaction)."""
         await self.session._runner.run(self._sync().rollback)
-        if not self.nested:
-            self.session._runner.interrupted = False
+        _rolled_back(self.session._runner, self.nested)
 
     async def commit(self) -> None:
         """Commit this transaction."""
