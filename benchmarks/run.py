@@ -3,6 +3,7 @@
     python benchmarks/run.py                        # SQLite (a throwaway file)
     python benchmarks/run.py --url postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/run.py --sqlite --url postgresql+psycopg://...   # both, one after the other
+    python benchmarks/run.py --cpus 0 ...           # pinned to CPU 0: <backend>-1cpu.*
 
 Every other flag goes to ``python -m async_orm bench`` (for example ``--repeats 3`` or
 ``--workloads pk_get,hop``). Each backend's run writes ``benchmarks/results/<backend>.json``,
@@ -46,7 +47,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--url", help="run against this database (PostgreSQL for the PG targets)")
     p.add_argument("--sqlite", action="store_true", help="also run SQLite when --url is given")
+    p.add_argument(
+        "--cpus",
+        help="pin every measurement process (all contestants alike) to these CPUs, e.g. 0; "
+        "the results are saved as <backend>-1cpu.*",
+    )
     args, extra = p.parse_known_args()
+    suffix = ""
+    if args.cpus:
+        extra += ["--cpus", args.cpus]
+        suffix = f"-{len([c for c in args.cpus.split(',') if c.strip()])}cpu"  # as run_name()
     runs: list[str | None] = []
     if args.sqlite or not args.url:
         runs.append(None)
@@ -56,7 +66,7 @@ def main() -> int:
     STATIC.mkdir(parents=True, exist_ok=True)
     worst = 0
     for url in runs:
-        backend = backend_of(url) if url else "sqlite"
+        backend = (backend_of(url) if url else "sqlite") + suffix
         argv = ["--full", *extra, "--json", str(RESULTS / f"{backend}.json")]
         argv += ["--plots", str(RESULTS)]
         if url:
@@ -75,7 +85,9 @@ def main() -> int:
     # the targets of every committed run, as the table docs/benchmarks.rst includes
     from async_orm._bench.report import read_json, targets_rst
 
-    saved = [RESULTS / f"{b}.json" for b in ("sqlite", "postgresql")]
+    saved = [
+        RESULTS / f"{b}.json" for b in ("sqlite", "postgresql", "sqlite-1cpu", "postgresql-1cpu")
+    ]
     runs = [read_json(str(p)) for p in saved if p.exists()]
     (STATIC / "targets.inc").write_text(targets_rst(runs) if runs else "(no results yet)\n")
     return worst

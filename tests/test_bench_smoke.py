@@ -12,6 +12,7 @@ import pytest
 from async_orm._bench import main
 from async_orm._bench.contestants import Contestant, unavailable_reason
 from async_orm._bench.measure import WORKLOADS
+from async_orm._bench.report import targets_rst
 
 TINY = [
     "--quick",
@@ -69,6 +70,25 @@ def test_report_rerenders_a_saved_run_with_plots(bench_run, tmp_path, capsys) ->
     assert "== hop" in capsys.readouterr().out
     pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
     assert pngs == ["sqlite-concurrency.png", "sqlite-hops-memory.png", "sqlite-throughput.png"]
+
+
+def test_pinned_run_has_plots_and_target_rows_of_its_own(bench_run, tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    data = json.loads((bench_run[3] / "b.json").read_text())
+    data["meta"]["cpus"] = [0]  # as `--cpus 0` records it
+    saved = tmp_path / "pinned.json"
+    saved.write_text(json.dumps(data))
+    rc = main(["--report", str(saved), "--plots", str(tmp_path / "png")])
+    assert rc == 0
+    assert "pinned to CPU(s) [0]" in capsys.readouterr().out
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == [
+        "sqlite-1cpu-concurrency.png",
+        "sqlite-1cpu-hops-memory.png",
+        "sqlite-1cpu-throughput.png",
+    ]
+    assert "- sqlite, pinned to CPU 0" in targets_rst([data])
+    assert "- sqlite\n" in targets_rst([json.loads((bench_run[3] / "b.json").read_text())])
 
 
 def test_contestant_with_missing_package_is_skipped_with_install_hint() -> None:

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .contestants import CONTESTANTS
-from .report import Json, describe, hop_label
+from .report import Json, describe, hop_label, run_name
 
 COLORS = {
     "sync": "#7f7f7f",
@@ -56,10 +56,11 @@ def plot(data: Json, outdir: str, prefix: str | None = None) -> list[str]:
     import matplotlib.pyplot as plt
 
     meta, summary = data["meta"], data["summary"]
-    prefix = prefix or str(meta.get("backend", "bench"))
+    prefix = prefix or run_name(meta)
     os.makedirs(outdir, exist_ok=True)
     paths: list[str] = []
-    subtitle = f"{meta.get('backend')} · {meta.get('cpu', '')} · {meta.get('date', '')}"
+    pinned = f" · pinned to CPU {','.join(map(str, meta['cpus']))}" if meta.get("cpus") else ""
+    subtitle = f"{meta.get('backend')}{pinned} · {meta.get('cpu', '')} · {meta.get('date', '')}"
 
     cases = [c for c in SIMPLE if c in summary]
     if cases:

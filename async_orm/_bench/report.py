@@ -18,6 +18,12 @@ WORST_EXTRAS = ("errors", "incomplete", "peak_threads", "peak_rss_mb", "peak_gro
 MEDIAN_EXTRAS = ("p50_ms", "p99_ms", "mean_ms", "rows_per_s", "rss_growth_mb")
 
 
+def run_name(meta: Json) -> str:
+    """A run's file name stem: the database, plus ``-<n>cpu`` when its processes were pinned."""
+    cpus = meta.get("cpus")
+    return str(meta.get("backend", "bench")) + (f"-{len(cpus)}cpu" if cpus else "")
+
+
 def describe(workload: str, size: int, meta: Json) -> str:
     pool = f"pool {meta.get('pool_size', 10)}+{meta.get('max_overflow', 0)}"
     return {
@@ -366,7 +372,10 @@ def targets_rst(runs: list[Json]) -> str:
                 status = f"**{head}**" + (f"; {rest}" if rest else "")
             else:
                 status = str(t["status"]) + (f" ({note})" if note else "")
-            rows.append((t["text"], str(meta["backend"]), shown, f"{t['op']} {t['threshold']:g}",
+            where = str(meta["backend"])
+            if meta.get("cpus"):
+                where += f", pinned to CPU {','.join(map(str, meta['cpus']))}"
+            rows.append((t["text"], where, shown, f"{t['op']} {t['threshold']:g}",
                          status))  # fmt: skip
     out = [
         ".. list-table::",
