@@ -43,6 +43,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from async_orm._bench import main as bench
     from async_orm._bench.models import backend_of
+    from async_orm._bench.report import read_json, run_name, targets_rst
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--url", help="run against this database (PostgreSQL for the PG targets)")
@@ -50,13 +51,12 @@ def main() -> int:
     p.add_argument(
         "--cpus",
         help="pin every measurement process (all contestants alike) to these CPUs, e.g. 0; "
-        "the results are saved as <backend>-1cpu.*",
+        "the results are saved as <backend>-<n>cpu.*",
     )
     args, extra = p.parse_known_args()
-    suffix = ""
-    if args.cpus:
+    cpus = [c for c in (args.cpus or "").split(",") if c.strip()]
+    if cpus:
         extra += ["--cpus", args.cpus]
-        suffix = f"-{len([c for c in args.cpus.split(',') if c.strip()])}cpu"  # as run_name()
     runs: list[str | None] = []
     if args.sqlite or not args.url:
         runs.append(None)
@@ -66,7 +66,7 @@ def main() -> int:
     STATIC.mkdir(parents=True, exist_ok=True)
     worst = 0
     for url in runs:
-        backend = (backend_of(url) if url else "sqlite") + suffix
+        backend = run_name({"backend": backend_of(url) if url else "sqlite", "cpus": cpus})
         argv = ["--full", *extra, "--json", str(RESULTS / f"{backend}.json")]
         argv += ["--plots", str(RESULTS)]
         if url:
@@ -83,8 +83,6 @@ def main() -> int:
         for made in [*RESULTS.glob(f"{backend}-*.png"), RESULTS / f"{backend}.txt"]:
             shutil.copy(made, STATIC / made.name)
     # the targets of every committed run, as the table docs/benchmarks.rst includes
-    from async_orm._bench.report import read_json, targets_rst
-
     saved = [
         RESULTS / f"{b}.json" for b in ("sqlite", "postgresql", "sqlite-1cpu", "postgresql-1cpu")
     ]

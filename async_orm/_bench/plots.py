@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .contestants import CONTESTANTS
-from .report import Json, describe, hop_label, run_name
+from .report import Json, describe, hop_label, pinned_to, run_name
 
 COLORS = {
     "sync": "#7f7f7f",
@@ -59,8 +59,8 @@ def plot(data: Json, outdir: str, prefix: str | None = None) -> list[str]:
     prefix = prefix or run_name(meta)
     os.makedirs(outdir, exist_ok=True)
     paths: list[str] = []
-    pinned = f" · pinned to CPU {','.join(map(str, meta['cpus']))}" if meta.get("cpus") else ""
-    subtitle = f"{meta.get('backend')}{pinned} · {meta.get('cpu', '')} · {meta.get('date', '')}"
+    where = " · ".join(filter(None, (str(meta.get("backend")), pinned_to(meta))))
+    subtitle = f"{where} · {meta.get('cpu', '')} · {meta.get('date', '')}"
 
     cases = [c for c in SIMPLE if c in summary]
     if cases:

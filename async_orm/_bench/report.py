@@ -24,6 +24,12 @@ def run_name(meta: Json) -> str:
     return str(meta.get("backend", "bench")) + (f"-{len(cpus)}cpu" if cpus else "")
 
 
+def pinned_to(meta: Json) -> str:
+    """``pinned to CPU 0`` for a run whose processes were pinned, else ``""``."""
+    cpus = meta.get("cpus")
+    return f"pinned to CPU {','.join(map(str, cpus))}" if cpus else ""
+
+
 def describe(workload: str, size: int, meta: Json) -> str:
     pool = f"pool {meta.get('pool_size', 10)}+{meta.get('max_overflow', 0)}"
     return {
@@ -372,9 +378,7 @@ def targets_rst(runs: list[Json]) -> str:
                 status = f"**{head}**" + (f"; {rest}" if rest else "")
             else:
                 status = str(t["status"]) + (f" ({note})" if note else "")
-            where = str(meta["backend"])
-            if meta.get("cpus"):
-                where += f", pinned to CPU {','.join(map(str, meta['cpus']))}"
+            where = ", ".join(filter(None, (str(meta["backend"]), pinned_to(meta))))
             rows.append((t["text"], where, shown, f"{t['op']} {t['threshold']:g}",
                          status))  # fmt: skip
     out = [
