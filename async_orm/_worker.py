@@ -662,6 +662,13 @@ class Runner:
         finally:
             _inside_runner.reset(token)
 
+    @property
+    def runs_inline(self) -> bool:
+        """True when :meth:`post` would run its function at once, on the calling
+        thread: no worker yet, called from the worker itself, or nothing in flight."""
+        worker = self.worker
+        return worker is None or worker.ident == _get_ident() or self.idle
+
     def post(self, fn: Callable[..., Any], /, *args: Any) -> None:
         """Queue ``fn(*args)`` behind the calls in flight, without awaiting it.
 
@@ -669,10 +676,11 @@ class Runner:
         while the worker is busy: they keep their place in the order.  An error
         is raised by this owner's next awaited call.
         """
-        worker = self.worker
-        if worker is None or worker.ident == _get_ident() or self.idle:
+        if self.runs_inline:
             fn(*args)
             return
+        worker = self.worker
+        assert worker is not None  # runs_inline holds without one
         self._posted += 1
         worker.put(_Item(self._run_posted, (fn, args), _copy_context(), None, None))
 

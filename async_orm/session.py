@@ -582,29 +582,35 @@ class AsyncSession:
 
         def add(self, instance: object, *, _warn: bool = True) -> None:
             """Place an instance in the session; see :meth:`Session.add`."""
-            self._check_mapped(instance)
-            self._runner.post(functools.partial(self.sync_session.add, instance, _warn=_warn))
+            self._post_adding(self.sync_session.add, (instance,), instance, _warn=_warn)
 
     else:
 
         def add(self, instance: object, _warn: bool = True) -> None:  # type: ignore[misc]
             """Place an instance in the session; see :meth:`Session.add`."""
-            self._check_mapped(instance)
-            self._runner.post(functools.partial(self.sync_session.add, instance, _warn=_warn))
-
-    @staticmethod
-    def _check_mapped(instance: object) -> None:
-        try:
-            inspect(instance)
-        except sa_exc.NoInspectionAvailable as err:
-            raise orm_exc.UnmappedInstanceError(instance) from err
+            self._post_adding(self.sync_session.add, (instance,), instance, _warn=_warn)
 
     def add_all(self, instances: Iterable[object]) -> None:
         """Add each of ``instances``; see :meth:`Session.add_all`."""
         instances = list(instances)
+        self._post_adding(self.sync_session.add_all, instances, instances)
+
+    def _post_adding(
+        self, fn: Callable[..., None], instances: Sequence[object], *args: Any, **kw: Any
+    ) -> None:
+        """Run or queue an ``add``: in place, the sync Session checks the instances
+        itself; queued behind calls in flight, they are checked here first, so an
+        unmapped object fails at once rather than on the next awaited call."""
+        runner = self._runner
+        if runner.runs_inline:
+            fn(*args, **kw)
+            return
         for instance in instances:
-            self._check_mapped(instance)
-        self._runner.post(self.sync_session.add_all, instances)
+            try:
+                inspect(instance)
+            except sa_exc.NoInspectionAvailable as err:
+                raise orm_exc.UnmappedInstanceError(instance) from err
+        runner.post(functools.partial(fn, *args, **kw))
 
     def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
         """Mark attributes of an instance as expired (reloaded on next access,

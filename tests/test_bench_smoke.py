@@ -12,7 +12,7 @@ import pytest
 from async_orm._bench import main
 from async_orm._bench.contestants import Contestant, unavailable_reason
 from async_orm._bench.measure import WORKLOADS
-from async_orm._bench.report import targets_rst
+from async_orm._bench.report import evaluate, targets_rst
 
 TINY = [
     "--quick",
@@ -80,7 +80,7 @@ def test_pinned_run_has_plots_and_target_rows_of_its_own(bench_run, tmp_path, ca
     saved.write_text(json.dumps(data))
     rc = main(["--report", str(saved), "--plots", str(tmp_path / "png")])
     assert rc == 0
-    assert "pinned to CPU(s) [0]" in capsys.readouterr().out
+    assert ", pinned to CPU 0," in capsys.readouterr().out
     pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
     assert pngs == [
         "sqlite-1cpu-concurrency.png",
@@ -89,6 +89,17 @@ def test_pinned_run_has_plots_and_target_rows_of_its_own(bench_run, tmp_path, ca
     ]
     assert "- sqlite, pinned to CPU 0" in targets_rst([data])
     assert "- sqlite\n" in targets_rst([json.loads((bench_run[3] / "b.json").read_text())])
+
+
+def test_a_miss_smaller_than_one_percent_is_not_reported_as_zero(bench_run) -> None:
+    data = json.loads((bench_run[3] / "b.json").read_text())
+    for rec in data["records"]:  # a hop 0.804x to_thread's cost in every repeat
+        if rec["case"] == "hop" and rec["contestant"] in ("async_orm", "to_thread"):
+            rec["result"]["value"] = 80.4 if rec["contestant"] == "async_orm" else 100.0
+    rows = evaluate(data["records"], data["summary"], data["meta"])
+    (hop,) = [row for row in rows if row["id"] == "hop"]
+    assert hop["status"] == "missed"
+    assert hop["note"] == "missed by 0.5%"
 
 
 def test_contestant_with_missing_package_is_skipped_with_install_hint() -> None:

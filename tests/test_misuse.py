@@ -102,6 +102,24 @@ async def test_adding_an_unmapped_object_fails_at_once(maker: Maker) -> None:
     async with maker() as session:
         with pytest.raises(sa_exc.InvalidRequestError, match="not mapped"):
             session.add(object())
+        with pytest.raises(sa_exc.InvalidRequestError, match="not mapped"):
+            session.add_all([User(id=20, name="fine"), object()])
+
+
+async def test_adding_an_unmapped_object_while_a_call_is_in_flight_fails_at_once(
+    maker: Maker,
+) -> None:
+    async with maker() as session:
+        in_flight = asyncio.ensure_future(session.execute(text("select 1")))
+        await asyncio.sleep(0)  # submitted: add/add_all are now queued behind it
+        with pytest.raises(sa_exc.InvalidRequestError, match="not mapped"):
+            session.add(object())
+        with pytest.raises(sa_exc.InvalidRequestError, match="not mapped"):
+            session.add_all([User(id=21, name="fine"), object()])
+        assert (await in_flight).scalar() == 1
+        # nothing was queued: the next awaited call raises no deferred error
+        assert (await session.execute(text("select 2"))).scalar() == 2
+        assert not session.new
 
 
 async def test_executing_a_non_statement_is_a_clear_sqlalchemy_error(maker: Maker) -> None:

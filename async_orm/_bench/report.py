@@ -218,7 +218,8 @@ def evaluate(records: list[Json], summary: Json, meta: Json) -> list[Json]:
         if not met:
             if t.threshold:
                 off = abs(value - t.threshold) / t.threshold * 100
-                row["note"] = f"missed by {off:.0f}%"
+                # below 1%, whole percents would print "missed by 0%"
+                row["note"] = f"missed by {off:.0f}%" if off >= 1 else f"missed by {off:.1f}%"
             else:
                 row["note"] = f"missed: {value:g}"
         a = entries[t.a]
@@ -270,7 +271,7 @@ def table(data: Json) -> str:
             else ""
         )
         + f", preset {meta.get('preset')}"
-        + (f", pinned to CPU(s) {meta['cpus']}" if meta.get("cpus") else "")
+        + (f", {pinned_to(meta)}" if meta.get("cpus") else "")
         + (f", SQLite journal {meta['sqlite_journal']}" if meta.get("sqlite_journal") else "")
     )
     lines.append(
