@@ -262,6 +262,7 @@ def table(data: Json) -> str:
     """The whole run as plain text: one block per case, then the targets."""
     meta, summary, records = data["meta"], data["summary"], data["records"]
     lines: list[str] = []
+    pinned = pinned_to(meta)
     lines.append(
         f"async_orm bench: {meta.get('backend')} ({meta.get('url')}), "
         f"{meta.get('repeats')} repeat(s)"
@@ -271,7 +272,7 @@ def table(data: Json) -> str:
             else ""
         )
         + f", preset {meta.get('preset')}"
-        + (f", {pinned_to(meta)}" if meta.get("cpus") else "")
+        + (f", {pinned}" if pinned else "")
         + (f", SQLite journal {meta['sqlite_journal']}" if meta.get("sqlite_journal") else "")
     )
     lines.append(
