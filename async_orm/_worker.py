@@ -92,11 +92,21 @@ class _Item:
 
 _STOP: Final = object()
 
+#: per thread: the Worker a worker thread is (absent on other threads)
+_current = threading.local()
+
+
+def calling_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop whose task awaits the call running on this thread, when this
+    thread is an async_orm worker running an awaited call; otherwise None."""
+    worker: Worker | None = getattr(_current, "worker", None)
+    return worker.current_loop if worker is not None else None
+
 
 class Worker:
     """One daemon thread running submitted items in FIFO order."""
 
-    __slots__ = ("_queue", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
+    __slots__ = ("_queue", "current_loop", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -106,6 +116,8 @@ class Worker:
         #: on a later one (the event loop thread never touches this lock)
         self.interrupt_lock = threading.Lock()
         self._queue: SimpleQueue[_Item | object] = SimpleQueue()
+        #: the event loop awaiting the call this worker is running (None between calls)
+        self.current_loop: asyncio.AbstractEventLoop | None = None
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
@@ -137,6 +149,8 @@ class Worker:
                     continue
                 item.state = _RUNNING
             ok = True
+            self.current_loop = item.loop
+            _current.worker = self
             try:
                 value = item.context.run(item.fn, *item.args)
             except BaseException as error:  # handed to the awaiting task as is
@@ -146,6 +160,7 @@ class Worker:
                     # asyncio futures refuse StopIteration; keep the original as cause.
                     value = RuntimeError(f"run_sync function raised StopIteration: {error!r}")
                     value.__cause__ = error
+            self.current_loop = None
             with interrupt_lock, lock:
                 item.state = _DONE
                 waiter = item.waiter
