@@ -15,18 +15,19 @@ variable ``ASYNC_ORM_ALLOW_LOOP_IO=1``, or wrap the code in
 from __future__ import annotations
 
 import os
-import threading
-from asyncio import _get_running_loop
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.state import InstanceState
 
+from . import _sa_compat
 from .exc import EventLoopIOError
+
+_get_running_loop = _sa_compat.get_running_loop
 
 _allowed: ContextVar[bool] = ContextVar("async_orm_allow_loop_io", default=False)
 _ENV_ALLOWED = os.environ.get("ASYNC_ORM_ALLOW_LOOP_IO", "").lower() not in ("", "0", "false")
@@ -52,9 +53,27 @@ def allow_loop_io() -> Iterator[None]:
         _allowed.reset(token)
 
 
+def trio_running() -> Any:
+    """``trio.lowlevel`` when a Trio run is in progress on this thread, else None.
+    Never imports Trio: code that does not use it never loads it."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    lowlevel = trio.lowlevel
+    return lowlevel if lowlevel.in_trio_run() else None
+
+
+def event_loop_running() -> bool:
+    """True when this thread runs an asyncio event loop or a Trio run."""
+    return _get_running_loop() is not None or trio_running() is not None
+
+
 def loop_io_refused() -> bool:
-    """True when the current thread runs an event loop and no opt-out applies."""
-    return _get_running_loop() is not None and not (_ENV_ALLOWED or _allowed.get())
+    """True when the current thread runs an event loop (asyncio or Trio) and no
+    opt-out applies."""
+    if _get_running_loop() is None and trio_running() is None:
+        return False
+    return not (_ENV_ALLOWED or _allowed.get())
 
 
 def describe_instance(state: InstanceState[Any]) -> str:
@@ -123,77 +142,98 @@ def _execute_on_loop(statement: Any, execution_options: Any) -> EventLoopIOError
     return EventLoopIOError(_load_message(_ExecuteView(statement, execution_options)))
 
 
-def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    if loop_io_refused():
-        raise EventLoopIOError(
-            "A flush of this AsyncSession's pending changes was started on the event loop "
-            "thread (autoflush or sync_session.flush()), which would block the event "
-            "loop. Await session.flush() / session.commit(), or run sync code in await "
-            "session.run_sync(fn)."
-        )
+_FLUSH_ON_LOOP = (
+    "A flush of this AsyncSession's pending changes was started on the event loop "
+    "thread (autoflush or sync_session.flush()), which would block the event "
+    "loop. Await session.flush() / session.commit(), or run sync code in await "
+    "session.run_sync(fn)."
+)
 
 
-#: called with each connection an async_orm session begins a transaction on
-#: (set by async_orm.engine)
-on_engine_reached: Any = None
+def guard_session(session: Session) -> None:
+    """Refuse database I/O through ``session`` on an event-loop thread: ORM
+    statements (execute, get, lazy loads, refreshes), flushes and commits.
+
+    The hooks shadow three methods on the instance (no subclass, no event
+    listener: a listener on ``do_orm_execute`` would make every execution build an
+    ORMExecuteState), so the check is one C call per statement on the worker."""
+
+    def guard_execute(execute: Callable[..., Any]) -> Callable[..., Any]:
+        def _execute_internal(statement: Any, params: Any = None, *args: Any, **kw: Any) -> Any:
+            if (_get_running_loop() is not None or trio_running() is not None) and (
+                loop_io_refused()
+            ):
+                raise _execute_on_loop(statement, kw.get("execution_options"))
+            return execute(statement, params, *args, **kw)
+
+        return _execute_internal
+
+    def guard_flush(flush: Callable[..., Any]) -> Callable[..., Any]:
+        def flush_guarded(objects: Any = None) -> None:
+            if loop_io_refused() and _sa_compat.session_has_changes(session):
+                raise EventLoopIOError(_FLUSH_ON_LOOP)
+            flush(objects)
+
+        return flush_guarded
+
+    def guard_commit(commit: Callable[[], None]) -> Callable[[], None]:
+        # before the transaction changes state, so a refused commit leaves it usable
+        def commit_guarded() -> None:
+            if loop_io_refused():
+                raise commit_on_loop()
+            commit()
+
+        return commit_guarded
+
+    _sa_compat.override_session_method(session, _sa_compat.SESSION_EXECUTE, guard_execute)
+    _sa_compat.override_session_method(session, "flush", guard_flush)
+    _sa_compat.override_session_method(session, "commit", guard_commit)
 
 
-def _engine_reached(session: Session, transaction: Any, connection: Any) -> None:
-    # engines a session reaches without having been given them (ShardedSession's
-    # shards, a get_bind() override, a bind set later) get instrumented here
-    if on_engine_reached is not None:
-        on_engine_reached(connection)
+def guard_dialect(dialect: Any) -> None:
+    """The loop guard for Core statements and COMMITs, on one engine's dialect.
+
+    Every statement SQLAlchemy sends reaches the driver through ``do_execute``,
+    ``do_executemany`` or ``do_execute_no_params`` of the engine's dialect (its own
+    instance, shared only with ``execution_options()`` copies of that engine), and
+    every COMMIT through ``do_commit``.  Wrapping those costs one C call per
+    statement off the loop; a ``before_cursor_execute`` listener would do the same
+    check but switch every execution of the engine to SQLAlchemy's slower path.  The
+    error is raised where a driver error would be, so SQLAlchemy cleans up as then.
+    """
+    if dialect.__dict__.get(_GUARDED_DIALECT):
+        return
+    _sa_compat.wrap_dialect_io(dialect, _refusing_on_loop)
+    dialect.__dict__[_GUARDED_DIALECT] = True
 
 
-def _guard_commit(session: Session) -> None:
-    # before the transaction changes state, so a refused commit leaves it usable
-    if loop_io_refused():
-        raise commit_on_loop()
+_GUARDED_DIALECT = "_async_orm_guarded"
 
 
-_guarded_classes: dict[type[Session], type[Session]] = {}
-_guarded_lock = threading.Lock()
+def _refusing_on_loop(method: Callable[..., None]) -> Callable[..., None]:
+    """``method(cursor_or_connection, ...)``, refused on a thread running an event loop."""
+    name = method.__name__
 
+    def guarded(target: Any, *rest: Any, **kw: Any) -> None:
+        if (_get_running_loop() is not None or trio_running() is not None) and loop_io_refused():
+            if name == "do_commit":
+                raise commit_on_loop()
+            raise statement_on_loop(rest[0] if rest else "")
+        method(target, *rest, **kw)
 
-def guarded_class(cls: type[Session]) -> type[Session]:
-    """The subclass of ``cls`` that AsyncSession instantiates as its sync session:
-    the same class with the guard's hooks (an ``_execute_internal`` override and
-    flush/commit/begin listeners), so that sessions an application uses directly
-    pay nothing for them."""
-    guarded = _guarded_classes.get(cls)
-    if guarded is not None:
-        return guarded
-    if cls.__dict__.get("_async_orm_guarded"):
-        return cls  # already a guarded class (e.g. type(async_session.sync_session))
-    with _guarded_lock:
-        guarded = _guarded_classes.get(cls)
-        if guarded is None:
-            base_execute = cls._execute_internal
-
-            # Session.execute/scalars/scalar, lazy loads and refreshes all come through
-            # _execute_internal. Overriding it (rather than listening to do_orm_execute,
-            # whose mere presence makes every ORM execution build an ORMExecuteState)
-            # keeps the check at one C call per statement on the worker.
-            def _execute_internal(
-                self: Session, statement: Any, params: Any = None, *args: Any, **kw: Any
-            ) -> Any:
-                if _get_running_loop() is not None and loop_io_refused():
-                    raise _execute_on_loop(statement, kw.get("execution_options"))
-                return base_execute(self, statement, params, *args, **kw)
-
-            namespace = {
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-                "_async_orm_guarded": True,
-                "_execute_internal": _execute_internal,
-            }
-            guarded = type(cls.__name__, (cls,), namespace)
-            event.listen(guarded, "before_flush", _guard_flush)
-            event.listen(guarded, "before_commit", _guard_commit)
-            event.listen(guarded, "after_begin", _engine_reached)
-            _guarded_classes[cls] = guarded
     return guarded
+
+
+def checkout_on_loop() -> EventLoopIOError:
+    """The error for a pool checkout (a connect, a reconnect) on the loop thread."""
+    return EventLoopIOError(
+        "A database connection was about to be checked out of the pool (or reconnected) "
+        "on the event loop thread, which would block the event loop. Use the async API "
+        "(async with engine.connect(), await session.execute(...)); attributes that may "
+        "reconnect, such as AsyncConnection.info after an invalidation, are read after "
+        "an awaited call has reconnected (await conn.execute(...)), or in await "
+        "conn.run_sync(fn)."
+    )
 
 
 def statement_on_loop(statement: str) -> EventLoopIOError:

@@ -1,67 +1,179 @@
-"""The thread boundary: worker threads, the worker pool, slots, and the hop.
+"""The thread boundary: worker threads, slots, the hop, and each owner's state.
 
-This is the only module of async_orm that owns threads, queues and futures.
-Everything else asks a :class:`Runner` to run a sync callable.
+This module (with :mod:`async_orm._interrupt`, which knows how to interrupt a
+driver) is the only part of async_orm that owns threads, queues, futures and
+locks.  Everything else asks a :class:`Runner` to run a sync callable, naming the
+call's :class:`Kind`; the runner derives every policy from that kind and from its
+one :class:`State`.
 
-The model, in one paragraph: a *worker* is one daemon thread reading
-``_Item`` objects from a ``queue.SimpleQueue`` and running them in FIFO order,
-each under a copy of the submitter's ``contextvars`` context.  It hands the
-outcome back with one ``loop.call_soon_threadsafe`` to the loop that awaited
-the call, so a worker belongs to no event loop.  A *runner* is what a session
-(or connection) holds: on its first call it takes a *slot* from its engine's
-:class:`Limiter` (awaiting one on the event loop when all are taken) and then
-a worker from the process-wide :class:`WorkerPool`; every later call of that
-owner runs on that one thread until the runner is released.
+The model:
 
-Cancellation policy, decided once here: a cancelled call that has not started
-is dropped; one that is running is interrupted through the owner's
-``interrupt`` hook (called on a helper thread, never on the loop), waited for,
-and the ``CancelledError`` re-raised.  ``run_shielded`` calls (closing) are
-never dropped nor interrupted: the caller waits for them, then re-raises.
+* A *worker* is one daemon thread (``async_orm-worker-N``) running :class:`_Call`
+  objects from a ``queue.SimpleQueue`` in FIFO order, each under a copy of the
+  submitter's ``contextvars`` context.  It hands the outcome back through the
+  awaiting event loop's own thread-safe door (asyncio's
+  ``loop.call_soon_threadsafe``, Trio's ``TrioToken.run_sync_soon``), chosen per
+  call, so a worker belongs to no event loop.
+* A *runner* is what an owner (an AsyncSession or AsyncConnection) holds.  Its
+  lifecycle is one :class:`State`::
+
+      IDLE --first call--> ACQUIRING --slot + worker--> ACTIVE <--------------+
+                                                          |  a running call  |
+                                                          |  is cancelled    | root rollback
+                                                          v                  |
+                                                   NEEDS_ROLLBACK -----------+
+                                                          |  its worker does not come back
+                                                          v  within GRACE seconds
+                                                        FENCED --call returns--> NEEDS_ROLLBACK
+      any state with a worker --close()--> CLOSING --done--> IDLE (session) / CLOSED (connection)
+
+* A *slot* bounds the threads and connections of one engine (:class:`Limiter`,
+  one per pool, sized like the pool).  A runner takes its home slot on the event
+  loop before it takes a worker; a checkout from another engine's pool (a session
+  with several binds) takes a slot of that engine on the worker first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import itertools
 import logging
 import os
+import sys
 import threading
-import time
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
-from . import exc
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+
+from . import _guard, _interrupt, _sa_compat, exc
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import Pool
 
 _T = TypeVar("_T")
 _log = logging.getLogger("async_orm")
 
 _get_ident = threading.get_ident
-_get_running_loop = asyncio.get_running_loop
+_get_running_loop = _sa_compat.get_running_loop
 _copy_context = contextvars.copy_context
+_CancelledError = asyncio.CancelledError
 
-# Item states.  Transitions happen under the item's worker lock.
-_QUEUED: Final = 0
-_RUNNING: Final = 1
-_DONE: Final = 2
-_DROPPED: Final = 3
+#: seconds a cancelled task waits for its call to come back before leaving it fenced
+GRACE: Final = 0.75
+#: seconds a session waits for a slot when neither worker_timeout nor the pool says
+DEFAULT_WORKER_TIMEOUT: Final = 30.0
 
-_thread_counter = itertools.count(1)
 
-#: Set (in the call's own context) while a ``run_sync`` function of a runner runs,
-#: so that awaiting that same runner from inside it fails instead of deadlocking.
-_inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
-    "async_orm_inside_runner", default=None
+# --------------------------------------------------------------------------
+# call kinds: the policy table
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a call is, and so what the runner does with it."""
+
+    name: str
+    #: refused while the owner needs a rollback after a cancelled call
+    refused_after_cancel: bool = False
+    #: cancelled while running: interrupt it at the driver; the owner needs a rollback
+    interruptible: bool = False
+    #: a cancellation neither drops nor interrupts it; the caller waits for it (GRACE)
+    shielded: bool = False
+    #: success ends the after-cancel state (a root rollback, a close)
+    clears: bool = False
+    #: gives the worker and the slots back when done
+    ends: bool = False
+    #: user code (run_sync): awaiting the same owner from inside it is refused
+    user: bool = False
+    #: its result holds a cursor or connection: closed if nobody receives it
+    closes_unreceived: bool = False
+    #: a connection-free sync step (add, expunge, expire): not awaited
+    local: bool = False
+    #: an END that runs in place when nothing is in flight (it touches no connection)
+    in_place_when_idle: bool = False
+    #: a LOCAL step given ORM instances: checked at once when the step is queued,
+    #: so that an unmapped object fails in the call, not in a later one
+    checks_instances: bool = False
+    #: an END that takes a worker first even when none is held (engine-level work)
+    acquires: bool = False
+
+    @property
+    def after(self) -> bool:
+        """Whether the worker must run the runner's bookkeeping after this call."""
+        return self.ends or self.clears
+
+
+@dataclass(frozen=True)
+class LocalKind(Kind):
+    """A connection-free sync step: :meth:`Runner.run` returns its result."""
+
+
+STATEMENT: Final = Kind("statement", refused_after_cancel=True, interruptible=True)
+STREAM: Final = Kind(
+    "stream", refused_after_cancel=True, interruptible=True, closes_unreceived=True
 )
+CONNECT: Final = Kind(
+    "connect", refused_after_cancel=True, interruptible=True, closes_unreceived=True
+)
+USER: Final = Kind("run_sync", refused_after_cancel=True, interruptible=True, user=True)
+ROLLBACK: Final = Kind("rollback", shielded=True, clears=True)
+SAVEPOINT_ROLLBACK: Final = Kind("savepoint rollback", shielded=True)
+COMMIT_EXIT: Final = Kind("commit at block exit", shielded=True)
+END: Final = Kind("close", shielded=True, clears=True, ends=True)
+END_QUIET: Final = Kind(
+    "close (no transaction)", shielded=True, clears=True, ends=True, in_place_when_idle=True
+)
+DETACHED: Final = Kind("engine work", shielded=True, ends=True, acquires=True)
+LOCAL: Final = LocalKind("local step", local=True)
+LOCAL_ADD: Final = LocalKind("add", local=True, checks_instances=True)
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    ACQUIRING = "acquiring a slot"
+    ACTIVE = "active"
+    NEEDS_ROLLBACK = "needs a rollback after a cancelled call"
+    FENCED = "fenced: a cancelled call has not come back from the database"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_IDLE = State.IDLE
+_ACTIVE = State.ACTIVE
+_NEEDS_ROLLBACK = State.NEEDS_ROLLBACK
+_FENCED = State.FENCED
+_CLOSING = State.CLOSING
+_CLOSED = State.CLOSED
+_WITH_WORKER = (State.ACTIVE, State.NEEDS_ROLLBACK, State.FENCED, State.CLOSING)
+
+
+# --------------------------------------------------------------------------
+# event-loop libraries: the hand-back, one function per library
+
+
+_trio_lowlevel = _guard.trio_running
+
+
+def _no_loop_error() -> RuntimeError:
+    return RuntimeError(
+        "async_orm's awaitables must be awaited in a running asyncio event loop or Trio "
+        "run; none is running in this thread."
+    )
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    """Runs on the awaiting loop: settle ``fut`` unless it was cancelled."""
+    """On the awaiting asyncio loop: settle ``fut`` unless it was cancelled."""
     if fut.done():
         return
     if ok:
@@ -70,61 +182,215 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
-class _Item:
-    __slots__ = ("args", "context", "fn", "future", "loop", "state", "waiter")
+class _Signal:
+    """One task waiting for something another thread does (a slot, a worker coming
+    back, a close finishing), on asyncio or Trio."""
+
+    __slots__ = ("_event", "_fut", "_loop", "_token", "value")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        loop = _get_running_loop()
+        self._loop = loop
+        if loop is not None:
+            self._fut: asyncio.Future[None] | None = loop.create_future()
+            self._token: Any = None
+            return
+        lowlevel = _trio_lowlevel()
+        if lowlevel is None:
+            raise _no_loop_error()
+        import trio
+
+        self._fut = None
+        self._event = trio.Event()
+        self._token = lowlevel.current_trio_token()
+
+    def wake(self, value: Any = None) -> bool:
+        """From any thread; False when the waiting loop is gone."""
+        try:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._set_asyncio, value)
+            else:
+                self._token.run_sync_soon(self._set_trio, value)
+        except RuntimeError:  # asyncio: loop closed; trio: RunFinishedError
+            return False
+        return True
+
+    def _set_asyncio(self, value: Any) -> None:
+        fut = self._fut
+        assert fut is not None
+        if not fut.done():
+            self.value = value
+            fut.set_result(None)
+
+    def _set_trio(self, value: Any) -> None:
+        if not self._event.is_set():
+            self.value = value
+            self._event.set()
+
+    @property
+    def woken(self) -> bool:
+        if self._fut is not None:
+            return self._fut.done() and not self._fut.cancelled()
+        return bool(self._event.is_set())
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait (cancellably) until woken; False when ``timeout`` ran out first."""
+        if self._fut is not None:
+            if timeout is None:
+                await self._fut
+                return True
+            timer = self._loop.call_later(timeout, self._expire)  # type: ignore[union-attr]
+            try:
+                await self._fut
+            finally:
+                timer.cancel()
+            return self.value is not _EXPIRED
+        import trio
+
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            await self._event.wait()
+        return bool(self._event.is_set())
+
+    def _expire(self) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            self.value = _EXPIRED
+            fut.set_result(None)
+
+    async def wait_shielded(self, timeout: float) -> tuple[bool, bool]:
+        """Wait until woken or ``timeout``, absorbing cancellations meanwhile.
+        Returns (woken, was_cancelled_meanwhile)."""
+        cancelled = False
+        if self._fut is not None:
+            loop = self._loop
+            assert loop is not None
+            deadline = loop.time() + timeout
+            while not self._fut.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._fut), remaining)
+                except _CancelledError:
+                    cancelled = True
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            return self._fut.done(), cancelled
+        import trio
+
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            await self._event.wait()
+        return bool(self._event.is_set()), False
+
+    def is_cancel(self, error: BaseException) -> bool:
+        """Is ``error`` this loop library's cancellation?"""
+        if self._fut is not None:
+            return isinstance(error, _CancelledError)
+        import trio
+
+        return isinstance(error, trio.Cancelled)
+
+
+_EXPIRED: Final = object()
+
+
+# --------------------------------------------------------------------------
+# calls and workers
+
+# call states; changed under the call's worker lock
+_QUEUED: Final = 0
+_RUNNING: Final = 1
+_DONE: Final = 2
+_DROPPED: Final = 3
+
+
+class _Call:
+    """One sync call on its way to a worker and back."""
+
+    __slots__ = (
+        "args",
+        "context",
+        "fn",
+        "future",
+        "kind",
+        "kw",
+        "loop",
+        "ok",
+        "received",
+        "runner",
+        "signal",
+        "state",
+        "value",
+        "watcher",
+    )
 
     def __init__(
         self,
+        runner: Runner | None,
+        kind: Kind,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
-        context: contextvars.Context,
-        loop: asyncio.AbstractEventLoop | None,
-        future: asyncio.Future[Any] | None,
+        kw: dict[str, Any] | None,
     ) -> None:
+        self.runner = runner
+        self.kind = kind
         self.fn = fn
         self.args = args
-        self.context = context
-        self.loop = loop
-        self.future = future
+        self.kw = kw
+        self.context = _copy_context()
         self.state = _QUEUED
-        self.waiter: asyncio.Future[None] | None = None
+        #: asyncio: the awaiting loop and its future
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[Any] | None = None
+        #: Trio, a sync hand-off, or a fire-and-forget call: how the outcome is told
+        self.signal: Any = None
+        #: a cancelled awaiter waiting for the worker to come back
+        self.watcher: _Signal | None = None
+        #: False once the awaiter has given up: the worker cleans up the outcome
+        self.received = True
+        self.ok = True
+        self.value: Any = None
 
 
 _STOP: Final = object()
+_thread_counter = itertools.count(1)
 
-#: per thread: the Worker a worker thread is (absent on other threads)
+#: per thread: the call a worker thread is running (absent on other threads)
 _current = threading.local()
+
+#: set, in the call's own context, while a run_sync function of a runner runs
+_inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
+    "async_orm_inside_runner", default=None
+)
 
 
 def calling_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop whose task awaits the call running on this thread, when this
+    """The asyncio loop whose task awaits the call running on this thread, when this
     thread is an async_orm worker running an awaited call; otherwise None."""
-    worker: Worker | None = getattr(_current, "worker", None)
-    return worker.current_loop if worker is not None else None
+    call: _Call | None = getattr(_current, "call", None)
+    return call.loop if call is not None else None
 
 
 class Worker:
-    """One daemon thread running submitted items in FIFO order."""
+    """One daemon thread running calls in FIFO order."""
 
-    __slots__ = ("_queue", "current_loop", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
+    __slots__ = ("_queue", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.lock = threading.Lock()
-        #: held by the canceller while it interrupts this worker's running call; the
-        #: worker takes it before finishing a call, so an interrupt can never land
-        #: on a later one (the event loop thread never touches this lock)
+        #: held while an interrupt is sent to this worker's running call; the worker
+        #: takes it before finishing a call, so an interrupt never lands on the next
         self.interrupt_lock = threading.Lock()
-        self._queue: SimpleQueue[_Item | object] = SimpleQueue()
-        #: the event loop awaiting the call this worker is running (None between calls)
-        self.current_loop: asyncio.AbstractEventLoop | None = None
+        self._queue: SimpleQueue[_Call | object] = SimpleQueue()
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
         self.ident: int = self.thread.ident or 0
 
-    def put(self, item: _Item) -> None:
-        self._queue.put(item)
+    def put(self, call: _Call) -> None:
+        self._queue.put(call)
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -134,47 +400,85 @@ class Worker:
         lock = self.lock
         interrupt_lock = self.interrupt_lock
         pool = self.pool
+        current = _current
         while True:
             try:
-                item = get(timeout=pool.idle_timeout)
+                call = get(timeout=pool.idle_timeout)
             except Empty:
                 if pool._retire(self):
                     return
                 continue
-            if item is _STOP:
+            if call is _STOP:
                 return
-            assert isinstance(item, _Item)
+            assert isinstance(call, _Call)
             with lock:
-                if item.state == _DROPPED:
+                if call.state == _DROPPED:
                     continue
-                item.state = _RUNNING
+                call.state = _RUNNING
+            current.call = call
             ok = True
-            self.current_loop = item.loop
-            _current.worker = self
             try:
-                value = item.context.run(item.fn, *item.args)
+                kw = call.kw
+                if call.kind.user:
+                    value = call.context.run(_run_user, call.runner, call.fn, call.args, kw)  # type: ignore[arg-type]
+                elif kw:
+                    value = call.context.run(call.fn, *call.args, **kw)
+                else:
+                    value = call.context.run(call.fn, *call.args)
             except BaseException as error:  # handed to the awaiting task as is
                 ok = False
                 value = error
                 if isinstance(error, StopIteration):
-                    # asyncio futures refuse StopIteration; keep the original as cause.
+                    # asyncio futures refuse StopIteration; keep the original as cause
                     value = RuntimeError(f"run_sync function raised StopIteration: {error!r}")
                     value.__cause__ = error
-            self.current_loop = None
+            current.call = None
             with interrupt_lock, lock:
-                item.state = _DONE
-                waiter = item.waiter
-            loop = item.loop
-            if loop is not None:  # None: fire-and-forget, which handles its own errors
+                call.state = _DONE
+                received = call.received
+            runner = call.runner
+            if runner is not None and (runner._after or not received):
+                runner._finished(call, ok, value, received)
+            if received:
+                loop = call.loop
                 try:
-                    if item.future is not None:
-                        loop.call_soon_threadsafe(_resolve, item.future, ok, value)
-                    if waiter is not None:
-                        loop.call_soon_threadsafe(_resolve, waiter, True, None)
+                    if loop is not None:
+                        loop.call_soon_threadsafe(_resolve, call.future, ok, value)  # type: ignore[arg-type]
+                    elif call.signal is not None:
+                        call.ok = ok
+                        call.value = value
+                        call.signal.wake()
                 except RuntimeError:
                     pass  # the awaiting loop has closed; nobody is left to tell
+            watcher = call.watcher
+            if watcher is not None:
+                watcher.wake()
             # drop references before blocking on the next get()
-            del item, value, waiter, loop
+            del call, value, runner, watcher
+
+
+def _run_user(runner: Runner, fn: Callable[..., Any], args: tuple[Any, ...], kw: Any) -> Any:
+    token = _inside_runner.set(runner)
+    try:
+        return fn(*args, **kw) if kw else fn(*args)
+    finally:
+        _inside_runner.reset(token)
+
+
+class _SyncHandoff:
+    """Wakes a thread blocked in a synchronous hand-off (a LOCAL step)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self) -> None:
+        self._lock.acquire()
 
 
 class WorkerPool:
@@ -259,25 +563,61 @@ pool = WorkerPool(
 )
 
 
+def default_capacity() -> int:
+    """Slots for engines whose pool has no upper bound (NullPool, overflow -1)."""
+    return int(os.environ.get("ASYNC_ORM_MAX_WORKERS", "32"))
+
+
+# --------------------------------------------------------------------------
+# slots
+
+
+class _Request:
+    """A place in a Limiter's queue: a runner waiting on a loop, or a worker thread
+    waiting for another engine's slot."""
+
+    __slots__ = ("_event", "_on_grant", "cancelled", "granted")
+
+    def __init__(self, on_grant: Callable[[], bool] | None = None) -> None:
+        self._on_grant = on_grant
+        self._event = threading.Event() if on_grant is None else None
+        self.granted = False
+        self.cancelled = False
+
+    def grant(self) -> bool:
+        """Hand the slot over; False when the requester no longer wants it."""
+        if self._on_grant is not None:
+            return self._on_grant()
+        if self.cancelled:
+            return False
+        self.granted = True
+        assert self._event is not None
+        self._event.set()
+        return True
+
+    def wait_blocking(self, timeout: float | None) -> bool:
+        assert self._event is not None
+        self._event.wait(timeout)
+        return self.granted
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._event is not None:
+            self._event.set()
+
+
 _all_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
 
-def _grant(limiter: Limiter, fut: asyncio.Future[None]) -> None:
-    """Runs on the waiter's loop: hand it the slot, or pass the slot on."""
-    if fut.done():  # timed out or cancelled meanwhile: the slot is not theirs
-        limiter.release()
-    else:
-        fut.set_result(None)
-
-
 class Limiter:
-    """Bounds the workers of one engine: a thread-safe, loop-agnostic semaphore.
+    """The worker slots of one engine: a thread-safe, loop-agnostic semaphore.
 
-    ``acquire`` takes a slot at once when one is free and otherwise waits on the
-    caller's event loop (never blocking it) for up to ``timeout`` seconds.
+    ``timeout`` is how long a session waits for a slot (``None``: as long as it
+    takes).  Waiting happens on the event loop for a runner's home slot and on the
+    worker thread for a further engine's slot; both queue in one FIFO.
     """
 
-    def __init__(self, capacity: int, timeout: float, describe: str) -> None:
+    def __init__(self, capacity: int, timeout: float | None, describe: str) -> None:
         if capacity < 1:
             raise ValueError(f"worker capacity must be at least 1, not {capacity}")
         self.capacity = capacity
@@ -285,7 +625,7 @@ class Limiter:
         self.describe = describe
         self._free = capacity
         self._lock = threading.Lock()
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._queue: deque[_Request] = deque()
         _all_limiters.add(self)
 
     @property
@@ -294,202 +634,313 @@ class Limiter:
 
     def try_acquire(self) -> bool:
         with self._lock:
-            if self._free > 0 and not self._waiters:
+            if self._free > 0 and not self._queue:
                 self._free -= 1
                 return True
         return False
 
-    async def acquire(self) -> None:
+    def enqueue(self, request: _Request) -> bool:
+        """Take a slot at once (True) or queue ``request`` for one (False)."""
         with self._lock:
-            if self._free > 0 and not self._waiters:
+            if self._free > 0 and not self._queue:
                 self._free -= 1
-                return
-            loop = _get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            entry = (loop, fut)
-            self._waiters.append(entry)
-        timer = loop.call_later(self.timeout, _expire, fut)
-        try:
-            await fut
-        except BaseException:
-            with self._lock:
-                try:
-                    self._waiters.remove(entry)
-                except ValueError:
-                    pass  # a grant is already on its way; _grant passes the slot on
-            if fut.done() and not fut.cancelled():
-                if fut.exception() is None:
-                    self.release()  # granted as we were cancelled: pass it on
-                    raise
-                raise exc.WorkerSlotTimeout(
-                    f"No worker slot for {self.describe} became free within "
-                    f"{self.timeout:g} s: all {self.capacity} slots are held by open "
-                    "sessions or connections. Close sessions promptly (async with), or "
-                    "raise the capacity: create_async_engine(..., pool_size=..., "
-                    "max_overflow=...) or max_workers=..., or wait longer with "
-                    "worker_timeout=..."
-                ) from None
-            raise
-        finally:
-            timer.cancel()
+                return True
+            self._queue.append(request)
+        return False
 
-    def release(self) -> None:
+    def withdraw(self, request: _Request) -> bool:
+        """Leave the queue; False when the request was already granted (or being)."""
         with self._lock:
-            while self._waiters:
-                loop, fut = self._waiters.popleft()
-                try:
-                    loop.call_soon_threadsafe(_grant, self, fut)
-                    return
-                except RuntimeError:
-                    continue  # that loop is closed; try the next waiter
-            self._free += 1
-
-
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
-class _Canceller:
-    """A lazily started daemon thread that runs interrupt hooks off the loop.
-
-    Interrupting a statement can itself be network I/O (psycopg sends a cancel
-    request), which must not run on the event loop thread.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: SimpleQueue[tuple[Callable[[], None], _Item, Worker]] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, hook: Callable[[], None], item: _Item, worker: Worker) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._main, name="async_orm-canceller", daemon=True
-                )
-                self._thread.start()
-        self._queue.put((hook, item, worker))
-
-    def _main(self) -> None:
-        # The interrupt can reach the driver just before the statement starts
-        # (PostgreSQL then ignores it), so it is repeated while that same call
-        # still runs, and never once it has finished (it could hit the next call).
-        # Every pending interrupt gets one attempt per pass: one that cannot land
-        # (SQLite waiting on a lock) must not delay the others.
-        pending: list[list[Any]] = []  # [due, attempts, hook, item, worker]
-        get = self._queue.get
-        while True:
-            timeout = None
-            if pending:
-                timeout = max(0.0, min(entry[0] for entry in pending) - time.monotonic())
             try:
-                hook, item, worker = get(timeout=timeout)
-            except Empty:
-                pass
-            else:
-                pending.append([0.0, 0, hook, item, worker])
-                continue  # take everything queued before the next pass
-            now = time.monotonic()
-            still: list[list[Any]] = []
-            for entry in pending:
-                due, attempts, hook, item, worker = entry
-                if due > now:
-                    still.append(entry)
-                    continue
-                if attempts >= _INTERRUPT_ATTEMPTS:
-                    continue
-                # holding interrupt_lock, the call cannot finish (and the worker
-                # cannot start the next one) until the driver has the interrupt
-                with worker.interrupt_lock:
-                    with worker.lock:
-                        running = item.state == _RUNNING
-                    if not running:
-                        continue
-                    try:
-                        hook()
-                    except BaseException:  # nothing may kill this thread
-                        _log.warning(
-                            "async_orm could not interrupt a running statement; the "
-                            "cancelled call will finish on its own",
-                            exc_info=True,
-                        )
-                        continue
-                entry[0] = time.monotonic() + _INTERRUPT_INTERVAL
-                entry[1] = attempts + 1
-                still.append(entry)
-            pending = still
+                self._queue.remove(request)
+            except ValueError:
+                return False
+        return True
 
-
-#: how often, and how far apart, an interrupt is repeated while the call still runs
-_INTERRUPT_ATTEMPTS = 50
-_INTERRUPT_INTERVAL = 0.1
-
-_canceller = _Canceller()
-
-
-async def _wait_for_worker(fut: asyncio.Future[Any]) -> None:
-    """Wait until ``fut`` is settled, absorbing further cancellations."""
-    while not fut.done():
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            continue
-        except BaseException:
+    def acquire_blocking(self, request: _Request) -> None:
+        """On a worker thread: wait for a slot (``request`` may be cancelled)."""
+        if self.enqueue(request):
+            request.granted = True
             return
+        if request.wait_blocking(self.timeout):
+            return
+        if not self.withdraw(request) and request.granted:
+            return  # granted as we gave up: keep it
+        if request.cancelled:
+            raise _CancelledError()
+        raise self.timeout_error()
+
+    def release(self, count: int = 1) -> None:
+        for _ in range(count):
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._free += 1
+                        break
+                    request = self._queue.popleft()
+                if request.grant():
+                    break
+
+    def timeout_error(self) -> exc.WorkerSlotTimeout:
+        return exc.WorkerSlotTimeout(
+            f"No worker slot for {self.describe} became free within {self.timeout:g} s: "
+            f"all {self.capacity} slots are held by open sessions or connections. Close "
+            "sessions promptly (async with), or raise the capacity: create_async_engine(..., "
+            "pool_size=..., max_overflow=...) or max_workers=..., or wait longer with "
+            "pool_timeout=... / worker_timeout=..."
+        )
+
+
+_limiters: weakref.WeakKeyDictionary[Pool, Limiter] = weakref.WeakKeyDictionary()
+_limiters_lock = threading.Lock()
+
+
+def _coerce_timeout(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        raise sa_exc.ArgumentError(
+            f"{name} must be a number of seconds or None, not {value!r}"
+        ) from None
+    if timeout < 0:
+        raise sa_exc.ArgumentError(f"{name} must not be negative, not {value!r}")
+    return timeout
+
+
+def _coerce_capacity(value: Any) -> int:
+    try:
+        capacity = int(value)
+    except (TypeError, ValueError):
+        raise sa_exc.ArgumentError(
+            f"max_workers must be a whole number of at least 1, not {value!r}"
+        ) from None
+    if capacity < 1 or capacity != float(value):
+        raise sa_exc.ArgumentError(
+            f"max_workers must be a whole number of at least 1, not {value!r}"
+        )
+    return capacity
+
+
+_UNSET: Final = object()
+
+
+def limiter_for(
+    sync_engine: Engine, max_workers: Any = None, worker_timeout: Any = _UNSET
+) -> Limiter:
+    """The slots of ``sync_engine``'s pool (one Limiter per pool, shared by the
+    engine's ``execution_options()`` copies).  The wait defaults to the pool's own
+    ``pool_timeout`` (``None`` waits as long as it takes)."""
+    capacity = None if max_workers is None else _coerce_capacity(max_workers)
+    timeout_given = worker_timeout is not _UNSET and worker_timeout is not None
+    timeout = _coerce_timeout(worker_timeout, "worker_timeout") if timeout_given else None
+    pool_ = sync_engine.pool
+    with _limiters_lock:
+        limiter = _limiters.get(pool_)
+        if limiter is None:
+            if capacity is None:
+                capacity = _sa_compat.pool_capacity(pool_) or default_capacity()
+            if not timeout_given:
+                own = _sa_compat.pool_timeout(pool_)
+                timeout = DEFAULT_WORKER_TIMEOUT if own is _sa_compat._NOT_GIVEN else own  # type: ignore[assignment]
+            describe = (
+                f"engine {sync_engine.url.render_as_string(hide_password=True)!r} "
+                f"({type(pool_).__name__}, capacity {capacity})"
+            )
+            limiter = _limiters[pool_] = Limiter(capacity, timeout, describe)
+        else:
+            if capacity is not None and capacity != limiter.capacity:
+                raise sa_exc.ArgumentError(
+                    f"This engine's pool already has {limiter.capacity} worker slots; "
+                    "max_workers can only be given when the engine is first wrapped."
+                )
+            if timeout_given:
+                limiter.timeout = timeout
+    return limiter
+
+
+_unbound_limiter = Limiter(default_capacity(), DEFAULT_WORKER_TIMEOUT, "sessions without a bind")
+_several_binds_limiter = Limiter(
+    default_capacity(), DEFAULT_WORKER_TIMEOUT, "sessions bound to several engines"
+)
+
+
+# --------------------------------------------------------------------------
+# engines: checkouts go through the owner's slots and are known to its runner
+
+_INSTRUMENTED: Final = "_async_orm_instrumented"
+_CONNECT_WRAPPED: Final = "_async_orm_connect_wrapped"
+#: id(pool record) -> (runner, limiter) while one of a runner's calls holds it; the
+#: runner weakly, so that a session dropped unclosed is still garbage-collected
+_holders: dict[int, tuple[weakref.ref[Runner], Limiter | None]] = {}
+_holders_lock = threading.Lock()
+
+
+def instrument(sync_engine: Engine) -> None:
+    """Prepare an engine once (idempotent): the Core loop guard, slots taken before
+    each checkout made by an owner's call, and which owner holds which DBAPI
+    connection (so that a cancellation interrupts only that owner's statement)."""
+    if sync_engine.__dict__.get(_INSTRUMENTED):
+        return
+    sync_engine.__dict__[_INSTRUMENTED] = True
+    _guard.guard_dialect(sync_engine.dialect)
+    limiter_for(sync_engine)
+    _sa_compat.wrap_pool_connect(sync_engine.pool, _before_checkout, _CONNECT_WRAPPED)
+    event.listen(sync_engine, "checkout", _on_checkout)
+    event.listen(sync_engine, "checkin", _on_checkin)
+    event.listen(sync_engine, "engine_disposed", _on_disposed)
+
+
+def _on_disposed(sync_engine: Engine) -> None:
+    """``dispose()`` made a new pool: it keeps the old one's slots and its door."""
+    new = sync_engine.pool
+    with _limiters_lock:
+        if new not in _limiters:
+            for old, limiter in list(_limiters.items()):
+                if old is not new and limiter.describe.startswith(
+                    f"engine {sync_engine.url.render_as_string(hide_password=True)!r}"
+                ):
+                    _limiters[new] = limiter
+                    break
+    _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
+
+
+def _before_checkout(pool_: Pool) -> None:
+    """Before every checkout of an instrumented pool, on the thread checking out."""
+    if _guard.loop_io_refused():
+        raise _guard.checkout_on_loop()
+    call: _Call | None = getattr(_current, "call", None)
+    if call is None or call.runner is None:
+        return  # not an owner's call: the application's own thread, or maintenance
+    limiter = _current.checkout_limiter = _limiters.get(pool_)
+    if limiter is not None:
+        call.runner._slot_for(limiter)
+
+
+def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    call: _Call | None = getattr(_current, "call", None)
+    if call is None or call.runner is None or call.runner._slotless:
+        return
+    runner = call.runner
+    limiter: Limiter | None = getattr(_current, "checkout_limiter", None)
+    _current.checkout_limiter = None
+    with _holders_lock:
+        _holders[id(record)] = (weakref.ref(runner), limiter)
+        runner._connections[id(record)] = dbapi_connection
+        if limiter is not None:
+            runner._in_use[limiter] = runner._in_use.get(limiter, 0) + 1
+
+
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    with _holders_lock:
+        holder = _holders.pop(id(record), None)
+        if holder is None:
+            return
+        ref, limiter = holder
+        runner = ref()
+        if runner is None:
+            return
+        runner._connections.pop(id(record), None)
+        if limiter is not None and runner._in_use.get(limiter):
+            runner._in_use[limiter] -= 1
+
+
+def watch_binds(session: Session) -> None:
+    """Make every engine ``session`` reaches (a ``get_bind()`` override, a
+    ShardedSession's shards, a bind set later) instrumented before its first
+    checkout."""
+
+    def make(get_bind: Callable[..., Any]) -> Callable[..., Any]:
+        def watched_get_bind(*args: Any, **kw: Any) -> Any:
+            bind = get_bind(*args, **kw)
+            engine = getattr(bind, "engine", None)
+            if engine is not None and not engine.__dict__.get(_INSTRUMENTED):
+                instrument(engine)
+            return bind
+
+        return watched_get_bind
+
+    _sa_compat.override_session_method(session, "get_bind", make)
+
+
+# --------------------------------------------------------------------------
+# the runner: one owner's state and its one entry
 
 
 class Runner:
-    """The sync-call queue of one owner (an AsyncSession or AsyncConnection).
+    """The calls of one owner (an AsyncSession or AsyncConnection), its slots and
+    worker, and its :class:`State`.  Every proxy method is one line::
 
-    Holds a slot and a worker from its first call until :meth:`release`.
-    ``interrupt(thread_ident)`` is called (off the loop) to stop the statement
-    running on the worker when an awaiting task is cancelled.
+        return await self._runner.run(STATEMENT, self.sync_session.get, entity, ident)
     """
 
     __slots__ = (
         "__weakref__",
+        "_after",
+        "_connections",
         "_deferred_error",
+        "_end_signals",
+        "_home",
+        "_in_use",
+        "_lock",
         "_loop",
         "_pending",
         "_posted",
         "_posted_done",
-        "_starting",
+        "_request",
+        "_reusable",
+        "_slot_request",
+        "_slotless",
+        "_slots",
+        "_start_signals",
+        "_stuck",
+        "_woken",
         "finalizer",
-        "interrupt",
-        "interrupted",
-        "limiter",
         "owner_name",
+        "state",
         "worker",
     )
 
     def __init__(
         self,
-        limiter: Limiter,
-        interrupt: Callable[[int], None] | None = None,
+        home: Limiter,
         owner_name: str = "AsyncSession",
+        *,
+        reusable: bool = True,
+        slotless: bool = False,
     ) -> None:
-        self.limiter = limiter
-        self.interrupt = interrupt
+        self._home = home
         self.owner_name = owner_name
+        self._reusable = reusable
+        #: maintenance runners (dispose, raw_connection) take no slot of the engine
+        self._slotless = slotless
+        self.state = State.IDLE
         self.worker: Worker | None = None
         self.finalizer: Callable[[], None] | None = None
-        #: set when a call was cancelled while running: the owner's state is unknown
-        self.interrupted = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending = 0
-        # fire-and-forget items: counted by the poster and by the worker (one writer each)
+        self._lock = threading.Lock()
+        #: limiter -> slots held, and -> connections checked out
+        self._slots: dict[Limiter, int] = {}
+        self._in_use: dict[Limiter, int] = {}
+        #: id(pool record) -> DBAPI connection, for interrupting this owner's statement
+        self._connections: dict[int, Any] = {}
+        self._loop: Any = None
+        self._pending = 0  # awaited calls in flight (queued or running); loop side only
+        #: calls queued without an awaiter: counted by the poster and by the worker
         self._posted = 0
         self._posted_done = 0
-        self._starting: asyncio.Future[None] | None = None
+        self._request: _Request | None = None
+        self._slot_request: _Request | None = None
+        self._start_signals: list[_Signal] = []
+        self._end_signals: list[_Signal] = []
+        self._stuck: _Call | None = None
         self._deferred_error: BaseException | None = None
+        #: True while a finished call needs _finished() on the worker
+        self._after = False
+        #: tasks woken by the grant of the home slot that have not yet gone on
+        self._woken = 0
 
-    # -- state -----------------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        """True when no call of this owner is queued or running."""
-        return self._pending == 0 and self._posted == self._posted_done
+    # -- state ----------------------------------------------------------------------
 
     @property
     def thread_ident(self) -> int | None:
@@ -500,70 +951,31 @@ class Runner:
         worker = self.worker
         return worker is not None and worker.ident == _get_ident()
 
-    # -- acquiring and releasing -----------------------------------------------
+    @property
+    def needs_rollback(self) -> bool:
+        return self.state in (_NEEDS_ROLLBACK, _FENCED)
 
-    async def _start(self) -> Worker:
-        starting = self._starting
-        if starting is not None:
-            await asyncio.shield(starting)
-            assert self.worker is not None
-            return self.worker
-        loop = _get_running_loop()
-        starting = self._starting = loop.create_future()
-        acquired = False
-        try:
-            if not self.limiter.try_acquire():
-                await self.limiter.acquire()
-            acquired = True
-            worker = self.worker = pool.checkout()
-        except BaseException as error:
-            if acquired:
-                self.limiter.release()
-            starting.set_exception(error)
-            starting.exception()  # mark retrieved: the raiser below reports it
-            raise
-        finally:
-            self._starting = None
-        starting.set_result(None)
-        return worker
-
-    def release(self) -> None:
-        """Give the worker back to the pool and the slot back to the engine."""
-        worker = self.worker
-        if worker is None:
-            return
-        self.worker = None
-        self._loop = None
-        pool.checkin(worker)
-        self.limiter.release()
-
-    def __del__(self) -> None:
-        worker = self.worker
-        if worker is None:
-            return
-        self.worker = None
-        finalizer = self.finalizer
-        limiter = self.limiter
-
-        def close_and_return() -> None:
-            try:
-                if finalizer is not None:
-                    finalizer()
-            finally:
-                pool.checkin(worker)
-                limiter.release()
-
-        # queue the close first: with warnings turned into errors, warn() raises
-        worker.put(_Item(close_and_return, (), contextvars.Context(), None, None))
-        warnings.warn(
-            f"{self.owner_name} was garbage-collected without being closed; async_orm "
-            "closed it on its worker thread. Close it with 'async with' or 'await "
-            f"{self.owner_name.lower()}.close()'.",
-            ResourceWarning,
-            stacklevel=2,
+    def _error_for(self, kind: Kind) -> BaseException:
+        """Why ``kind`` cannot run in the current state (httpx style: from the state)."""
+        owner = self.owner_name
+        name = "session" if owner == "AsyncSession" else "conn"
+        if self.state is _CLOSED:
+            return sa_exc.ResourceClosedError(
+                f"This {owner} is closed; get a new one from engine.connect()."
+            )
+        if self.state is _FENCED:
+            return exc.RollbackRequiredAfterCancel(
+                f"A call of this {owner} was cancelled while it was running and the "
+                "database has not answered since: its connection is still busy with that "
+                "call, so nothing else can run on it. Close it (await "
+                f"{name}.close() or leave its 'async with' block); it gives its "
+                "connection back once the server answers."
+            )
+        return exc.RollbackRequiredAfterCancel(
+            f"A call of this {owner} was cancelled while it was running, so its "
+            f"transaction is in an unknown state. Call 'await {name}.rollback()' (or close "
+            f"the {'session' if name == 'session' else 'connection'}) before using it again."
         )
-
-    # -- calls -----------------------------------------------------------------
 
     def _reentrant_error(self) -> exc.ReentrantCallError:
         return exc.ReentrantCallError(
@@ -573,160 +985,589 @@ class Runner:
             "Session/Connection passed to your function instead."
         )
 
-    def _check_call(self, loop: asyncio.AbstractEventLoop) -> None:
-        if _inside_runner.get() is self:
-            raise self._reentrant_error()
-        if self._pending and self._loop is not loop:
-            raise exc.CrossLoopError(
-                f"This {self.owner_name} has calls in flight from another event loop "
-                f"(loop at {id(self._loop):#x}) and cannot be used from this one (loop at "
-                f"{id(loop):#x}, thread {threading.current_thread().name!r}) at the same "
-                "time. Use one session per event loop (e.g. one per thread or per "
-                "asyncio.run()), or wait for the other loop's calls to finish."
-            )
-        error = self._deferred_error
-        if error is not None:
-            self._deferred_error = None
-            raise error
+    def _cross_loop_error(self, loop: Any) -> exc.CrossLoopError:
+        return exc.CrossLoopError(
+            f"This {self.owner_name} has calls in flight from another event loop "
+            f"(loop at {id(self._loop):#x}) and cannot be used from this one (loop at "
+            f"{id(loop):#x}, thread {threading.current_thread().name!r}) at the same "
+            "time. Use one session per event loop (e.g. one per thread or per "
+            "asyncio.run()), or wait for the other loop's calls to finish."
+        )
 
-    async def run(self, fn: Callable[..., _T], /, *args: Any) -> _T:
-        """Run ``fn(*args)`` on this owner's worker and return its result."""
+    # -- the one entry -------------------------------------------------------------------
+
+    @overload
+    def run(self, kind: LocalKind, fn: Callable[..., _T], /, *args: Any, **kw: Any) -> _T: ...
+
+    @overload
+    def run(
+        self, kind: Kind, fn: Callable[..., _T], /, *args: Any, **kw: Any
+    ) -> Coroutine[Any, Any, _T]: ...
+
+    def run(self, kind: Kind, fn: Callable[..., _T], /, *args: Any, **kw: Any) -> Any:
+        """Run ``fn(*args, **kw)`` for this owner under ``kind``'s policy.
+
+        Returns a coroutine to await, except for a LOCAL step, which runs (or is
+        queued) before this returns and returns ``fn``'s result (None if queued).
+        """
+        if kind.local:
+            return self._local(kind, fn, args, kw)
+        return self._run(kind, fn, args, kw)
+
+    async def _run(
+        self, kind: Kind, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> _T:
+        action = _QUEUE
+        if self.state is not _ACTIVE or kind.after:
+            action = await self._admit(kind)
+            if action is not _QUEUE and action is not _QUEUE_BOUNDED:
+                return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
         worker = self.worker
-        if worker is None:
-            worker = await self._start()
-        elif worker.ident == _get_ident():
-            if _inside_runner.get() is self:
-                raise self._reentrant_error()
-            return fn(*args)
-        loop, fut, item = self._submit(worker, fn, args)
+        assert worker is not None
+        if _inside_runner.get() is self:
+            raise self._reentrant_error()  # from its own run_sync: it would deadlock
+        if worker.ident == _get_ident():
+            return fn(*args, **kw)
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            raise error
+        loop = _get_running_loop()
+        if loop is None:
+            return await self._run_trio(worker, kind, fn, args, kw)  # type: ignore[no-any-return]
+        if self._pending and self._loop is not loop:
+            raise self._cross_loop_error(loop)
+        call = _Call(self, kind, fn, args, kw)
+        fut = call.future = loop.create_future()
+        call.loop = loop
+        self._loop = loop
+        self._pending += 1
+        worker.put(call)
         try:
+            if action is _QUEUE_BOUNDED:
+                return await self._bounded(call, fut)  # type: ignore[no-any-return]
             return await fut  # type: ignore[no-any-return]
-        except asyncio.CancelledError:
+        except _CancelledError:
             if fut.cancelled():
-                await self._cancelled(worker, item, loop)
+                await self._cancelled(call, worker)
+            else:
+                self._unreceived(call, fut)
             raise
         finally:
             self._pending -= 1
 
-    def _submit(
-        self, worker: Worker, fn: Callable[..., Any], args: tuple[Any, ...]
-    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Item]:
-        """Queue ``fn(*args)`` on ``worker`` for the running loop: the hop's first half."""
-        loop = _get_running_loop()
-        self._check_call(loop)
-        fut: asyncio.Future[Any] = loop.create_future()
-        item = _Item(fn, args, _copy_context(), loop, fut)
-        self._loop = loop
+    async def _run_trio(
+        self,
+        worker: Worker,
+        kind: Kind,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+    ) -> Any:
+        signal = _Signal()  # raises when no event loop library runs here
+        if self._pending and self._loop is not signal._token:
+            raise self._cross_loop_error(signal._token)
+        call = _Call(self, kind, fn, args, kw)
+        call.signal = signal
+        self._loop = signal._token
         self._pending += 1
-        worker.put(item)
-        return loop, fut, item
-
-    async def _cancelled(
-        self, worker: Worker, item: _Item, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        with worker.lock:
-            state = item.state
-            if state == _QUEUED:
-                item.state = _DROPPED
-                return
-            if state != _RUNNING:
-                return
-            waiter: asyncio.Future[None] = loop.create_future()
-            item.waiter = waiter
-        self.interrupted = True
-        hook = self.interrupt
-        if hook is not None:
-            ident = worker.ident
-            _canceller.submit(lambda: hook(ident), item, worker)
-        await _wait_for_worker(waiter)
-
-    async def run_shielded(self, fn: Callable[..., _T], /, *args: Any) -> _T:
-        """Like :meth:`run`, but a cancellation neither drops nor interrupts the call:
-        the caller waits for it to finish, then the ``CancelledError`` is re-raised."""
-        worker = self.worker
-        if worker is None:
-            worker = await self._start()
-        elif worker.ident == _get_ident():
-            return fn(*args)
-        _, fut, _ = self._submit(worker, fn, args)
-        cancelled = False
+        worker.put(call)
         try:
-            while True:
-                try:
-                    result = await asyncio.shield(fut)
-                    break
-                except asyncio.CancelledError:
-                    if fut.done():
-                        raise
-                    cancelled = True
+            await signal.wait()
+        except BaseException as error:
+            if signal.is_cancel(error):
+                if not signal.woken:
+                    await self._cancelled(call, worker)
+                elif call.ok:
+                    self._unreceived_value(call, call.value)
+            raise
         finally:
             self._pending -= 1
-        if cancelled:
-            raise asyncio.CancelledError()
-        return result  # type: ignore[no-any-return]
+        if call.ok:
+            return call.value
+        raise call.value
 
-    def run_marked(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
-        """Like :meth:`run`, for user code (``run_sync``): awaiting this same runner
-        from inside ``fn`` raises :class:`~async_orm.exc.ReentrantCallError`."""
-        return self.run(self._marked, fn, *args)
+    async def exit_block(
+        self, nested: bool, exit_fn: Callable[..., Any], type_: Any, value: Any, tb: Any
+    ) -> None:
+        """The exit of ``async with ...begin()`` (Core or ORM), shielded.
 
-    def _marked(self, fn: Callable[..., _T], *args: Any) -> _T:
-        token = _inside_runner.set(self)
-        try:
-            return fn(*args)
-        finally:
-            _inside_runner.reset(token)
-
-    @property
-    def runs_inline(self) -> bool:
-        """True when :meth:`post` would run its function at once, on the calling
-        thread: no worker yet, called from the worker itself, or nothing in flight."""
-        worker = self.worker
-        return worker is None or worker.ident == _get_ident() or self.idle
-
-    def post(self, fn: Callable[..., Any], /, *args: Any) -> None:
-        """Queue ``fn(*args)`` behind the calls in flight, without awaiting it.
-
-        For the sync, fire-and-forget methods (``add``, ``expunge``, ...) called
-        while the worker is busy: they keep their place in the order.  An error
-        is raised by this owner's next awaited call.
+        A block that ends normally commits, unless a call cancelled while it ran left
+        the transaction in an unknown state: then it is rolled back instead and the
+        after-cancel error raised, so half a unit of work is never committed.  This is
+        the after-cancel rule for transaction blocks, written once.
         """
-        if self.runs_inline:
-            fn(*args)
-            return
-        worker = self.worker
-        assert worker is not None  # runs_inline holds without one
-        self._posted += 1
-        worker.put(_Item(self._run_posted, (fn, args), _copy_context(), None, None))
+        refused = None
+        if type_ is None and self.needs_rollback:
+            refused = self._error_for(STATEMENT)
+            type_, value, tb = type(refused), refused, None
+        kind = COMMIT_EXIT if type_ is None else (SAVEPOINT_ROLLBACK if nested else ROLLBACK)
+        await self._run(kind, exit_fn, (type_, value, tb), {})
+        if refused is not None:
+            raise refused
 
-    def _run_posted(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    # -- admission: everything that is not the fast path -------------------------------
+
+    async def _admit(self, kind: Kind) -> int:
+        """Bring the runner to a state where ``kind`` can run, and say how it runs:
+        queued on the worker and awaited, queued and not awaited (a recovery call
+        behind a fenced one), in place, or not at all."""
+        while True:
+            state = self.state
+            if state is _ACTIVE or state is _NEEDS_ROLLBACK:
+                # (a DETACHED call arrives here after _acquire(), like any other)
+                if state is _NEEDS_ROLLBACK and kind.refused_after_cancel:
+                    raise self._error_for(kind)
+                if kind.ends:
+                    if kind.in_place_when_idle and self._idle_locally():
+                        return _IN_PLACE_END
+                    self._begin_end()
+                elif kind.clears:
+                    self._mark_after()
+                return _QUEUE
+            if state is _FENCED:
+                if kind.refused_after_cancel:
+                    raise self._error_for(kind)
+                if kind.ends:
+                    self._begin_end()
+                return _POST if _unwinding_a_cancellation() else _QUEUE_BOUNDED
+            if state is _CLOSED:
+                if kind.ends or kind.clears:
+                    return _SKIP
+                raise self._error_for(kind)
+            if state is _CLOSING:
+                await self._wait_end()
+                continue
+            if kind.ends and not kind.acquires:
+                return _IN_PLACE  # no worker was ever taken: nothing holds a connection
+            await self._acquire()
+
+    def _idle_locally(self) -> bool:
+        return not self._pending and self._posted == self._posted_done
+
+    def _elsewhere(
+        self, action: int, kind: Kind, fn: Callable[..., Any], args: Any, kw: dict[str, Any]
+    ) -> Any:
+        if action is _POST:
+            self._post(kind, fn, args, kw)
+            return None
+        if action is _SKIP:
+            return None
+        if action is _IN_PLACE:
+            return fn(*args, **kw)
+        try:  # _IN_PLACE_END
+            return fn(*args, **kw)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        """IDLE or ACQUIRING -> ACTIVE: a slot (awaited on the loop), then a worker.
+        Several tasks starting one owner share one place in the slot queue; one that
+        gives up leaves it to the others."""
+        signal = _Signal()
+        with self._lock:
+            if self.state is _IDLE:
+                if self._slotless or self._home.try_acquire():
+                    self._activate_locked()
+                    return
+                self.state = State.ACQUIRING
+                request = self._request = _Request(self._granted)
+                self._start_signals.append(signal)
+                queued = True
+            elif self.state is State.ACQUIRING:
+                self._start_signals.append(signal)
+                request = self._request  # type: ignore[assignment]
+                queued = False
+            else:
+                return
+        if queued and self._home.enqueue(request):
+            self._granted()
+        timeout = self._home.timeout
         try:
-            fn(*args)
+            granted = await signal.wait(timeout)
+        except BaseException:
+            self._give_up(signal)
+            raise
+        if not granted:
+            self._give_up(signal)
+            if self.state not in _WITH_WORKER:
+                raise self._home.timeout_error()
+            return
+        with self._lock:
+            self._woken -= 1
+
+    def _granted(self) -> bool:
+        """The home slot came (on the releasing thread): take a worker, wake everyone."""
+        with self._lock:
+            if self.state is not State.ACQUIRING or not self._start_signals:
+                return False
+            self._activate_locked()
+            signals, self._start_signals = self._start_signals, []
+            self._woken = len(signals)
+            self._request = None
+        for signal in signals:
+            signal.wake()
+        return True
+
+    def _activate_locked(self) -> None:
+        if not self._slotless:
+            self._slots[self._home] = self._slots.get(self._home, 0) + 1
+        self.worker = pool.checkout()
+        self.state = _ACTIVE
+
+    def _give_up(self, signal: _Signal) -> None:
+        """A task stops waiting for the home slot (cancelled, or its wait timed out)."""
+        request = None
+        with self._lock:
+            try:
+                self._start_signals.remove(signal)
+            except ValueError:
+                # the slot came as this task gave up: if every task it came for gave
+                # up too and none made a call, nobody will use it: give it back
+                self._woken -= 1
+                abandon = self._woken == 0 and not self._pending and self.state is _ACTIVE
+            else:
+                abandon = False
+                if self._start_signals or self.state is not State.ACQUIRING:
+                    return  # others still wait for this owner's slot
+                request, self._request = self._request, None
+                self.state = _IDLE
+        if abandon:
+            self._release()
+        elif request is not None:
+            # False: a grant is on its way; _granted() refuses it and it passes on
+            self._home.withdraw(request)
+
+    def _begin_end(self) -> None:
+        with self._lock:
+            if self.state in _WITH_WORKER:
+                self.state = _CLOSING
+                self._after = True
+
+    def _mark_after(self) -> None:
+        with self._lock:
+            self._after = True
+
+    async def _wait_end(self) -> None:
+        signal = _Signal()
+        with self._lock:
+            if self.state is not _CLOSING:
+                return
+            self._end_signals.append(signal)
+        try:
+            await signal.wait()
+        finally:
+            with self._lock:
+                if signal in self._end_signals:
+                    self._end_signals.remove(signal)
+
+    # -- on the worker: after a call that changes the state ------------------------------
+
+    def _finished(self, call: _Call, ok: bool, value: Any, received: bool) -> None:
+        """Runs on the worker after ``call``, before its caller hears of it."""
+        kind = call.kind
+        if not received:
+            if ok and kind.closes_unreceived:
+                _close_quietly(value)
+            elif not ok and kind.shielded:
+                _log.warning(
+                    "A %s of an %s that nobody awaited any more failed",
+                    kind.name,
+                    self.owner_name,
+                    exc_info=value,
+                )
+        with self._lock:
+            if self._stuck is call:
+                self._stuck = None
+                if self.state is _FENCED:
+                    self.state = _NEEDS_ROLLBACK
+            if ok and kind.clears and self.state is _NEEDS_ROLLBACK:
+                self.state = _ACTIVE
+            if not kind.ends:
+                self._after = self.state is not _ACTIVE or self._stuck is not None
+                return
+        self._release()
+
+    def _release(self) -> None:
+        """Give the worker back to the pool and the slots back to their engines."""
+        with self._lock:
+            worker = self.worker
+            self.worker = None
+            slots, self._slots = self._slots, {}
+            self._in_use = {}
+            self._stuck = None
+            self._after = False
+            self._loop = None
+            self.state = _IDLE if self._reusable else _CLOSED
+            signals, self._end_signals = self._end_signals, []
+        if worker is not None:
+            pool.checkin(worker)
+        for limiter, count in slots.items():
+            limiter.release(count)
+        for signal in signals:
+            signal.wake()
+
+    # -- cancellation -------------------------------------------------------------------
+
+    async def _cancelled(self, call: _Call, worker: Worker) -> None:
+        """The awaiting task was cancelled before the call's outcome reached it."""
+        kind = call.kind
+        with worker.lock:
+            if call.state == _QUEUED and not kind.shielded:
+                call.state = _DROPPED
+                return
+            if call.state == _DONE:
+                return  # the outcome is on its way: the unreceived path handles it
+            watcher = call.watcher = _Signal()
+            running = call.state == _RUNNING
+            call.received = False  # its future is cancelled: the worker cleans up
+        if running and kind.interruptible:
+            with self._lock:
+                if self.state is _ACTIVE:
+                    self.state = _NEEDS_ROLLBACK
+                    self._after = True
+            self._interrupt(call, worker)
+        came_back, _ = await watcher.wait_shielded(GRACE)
+        if came_back:
+            return
+        with worker.lock:
+            if call.state == _DONE:
+                return
+        if kind.interruptible or call.state == _RUNNING:
+            with self._lock:
+                if self.state in (_ACTIVE, _NEEDS_ROLLBACK):
+                    self.state = _FENCED
+                    self._stuck = call
+                    self._after = True
+                elif self.state is _CLOSING and self._stuck is None:
+                    self._stuck = call
+
+    async def _bounded(self, call: _Call, fut: asyncio.Future[Any]) -> Any:
+        """A recovery call queued behind a fenced one: wait for it at most GRACE
+        seconds; if the server still has not answered, leave it queued (it runs, and
+        ends the fence, when the server lets go)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), GRACE)
+        except (asyncio.TimeoutError, TimeoutError):
+            assert self.worker is not None
+            with self.worker.lock:
+                if call.state != _DONE:
+                    call.received = False
+                    return None
+            return await fut
+
+    def _unreceived(self, call: _Call, fut: asyncio.Future[Any]) -> None:
+        """The task was cancelled just as its outcome arrived: clean the outcome up."""
+        if not fut.cancelled() and fut.exception() is None:
+            self._unreceived_value(call, fut.result())
+
+    def _unreceived_value(self, call: _Call, value: Any) -> None:
+        if call.kind.closes_unreceived:
+            self._post(LOCAL, _close_quietly, (value,), {})
+
+    def _interrupt(self, call: _Call, worker: Worker) -> None:
+        """Start interrupting ``call`` (off the loop, repeated while it runs)."""
+
+        def attempt() -> None:
+            request = self._slot_request
+            if request is not None:
+                request.cancel()
+            with _holders_lock:
+                connections = list(self._connections.values())
+            for dbapi_connection in connections:
+                _interrupt.interrupt_connection(dbapi_connection)
+
+        def still_running() -> bool:
+            return call.state == _RUNNING
+
+        _interrupt.Interruption(attempt, still_running, worker.interrupt_lock).start()
+
+    # -- slots of further engines (on the worker) --------------------------------------
+
+    def _slot_for(self, limiter: Limiter) -> None:
+        """Before a checkout from ``limiter``'s pool by one of this owner's calls:
+        make sure the owner holds a slot for it (waiting on this worker thread)."""
+        if self._slotless:
+            return
+        with _holders_lock:
+            if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
+                return
+        request = self._slot_request = _Request()
+        try:
+            limiter.acquire_blocking(request)
+        finally:
+            self._slot_request = None
+        with _holders_lock:
+            self._slots[limiter] = self._slots.get(limiter, 0) + 1
+
+    # -- LOCAL steps and fire-and-forget calls --------------------------------------------
+
+    def _local(
+        self, kind: Kind, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
+        """A connection-free sync step.  Before the owner takes a worker it runs here,
+        on the calling thread; while the worker is idle it is handed to the worker and
+        waited for (no I/O: a thread hand-off); while calls are in flight it is queued
+        behind them, so it keeps its place in the order."""
+        state = self.state
+        worker = self.worker
+        if worker is None or state is _IDLE or state is State.ACQUIRING:
+            return fn(*args, **kw)
+        if worker.ident == _get_ident():
+            return fn(*args, **kw)
+        if not self._idle_locally() or state is _FENCED or state is _CLOSING:
+            if kind.checks_instances:
+                _check_instances(args[0])
+            self._post(kind, fn, args, kw)
+            return None
+        call = _Call(self, kind, fn, args, kw)
+        handoff = call.signal = _SyncHandoff()
+        worker.put(call)
+        handoff.wait()
+        if call.ok:
+            return call.value
+        raise call.value
+
+    def _post(
+        self, kind: Kind, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> None:
+        """Queue a call nobody awaits: its error is raised by the next awaited call
+        (LOCAL) or logged (a recovery call queued behind a fenced one)."""
+        worker = self.worker
+        if worker is None:
+            fn(*args, **kw)
+            return
+        self._posted += 1
+        call = _Call(self, kind, self._run_posted, (kind, fn, args, kw), None)
+        call.received = False
+        with self._lock:
+            self._after = True
+        worker.put(call)
+
+    def _run_posted(
+        self, kind: Kind, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
+        try:
+            return fn(*args, **kw)
         except BaseException as error:
-            self._deferred_error = error
+            if kind.local:
+                self._deferred_error = error
+                return None
+            raise
         finally:
             self._posted_done += 1
+
+    # -- garbage collection --------------------------------------------------------------
+
+    def __del__(self) -> None:
+        worker = self.worker
+        if worker is None or self.state is _CLOSING or sys.is_finalizing():
+            return
+        self.worker = None
+        finalizer = self.finalizer
+        slots = dict(self._slots)
+
+        def close_and_return() -> None:
+            try:
+                if finalizer is not None:
+                    finalizer()
+            finally:
+                pool.checkin(worker)
+                for limiter, count in slots.items():
+                    limiter.release(count)
+
+        # queue the close first: with warnings turned into errors, warn() raises
+        call = _Call(None, END, close_and_return, (), None)
+        call.context = contextvars.Context()
+        call.received = False
+        worker.put(call)
+        warnings.warn(
+            f"{self.owner_name} was garbage-collected without being closed; async_orm "
+            "closed it on its worker thread. Close it with 'async with' or 'await "
+            f"{self.owner_name.lower()}.close()'.",
+            ResourceWarning,
+            stacklevel=2,
+        )
+
+
+def _unwinding_a_cancellation() -> bool:
+    """True while the current asyncio task is being cancelled (``async with`` exits
+    during a timeout): such a caller must not wait for a server that does not answer."""
+    loop = _get_running_loop()
+    if loop is None:
+        return False
+    task = asyncio.current_task(loop)
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
+# how _admit() lets a call run
+_QUEUE_BOUNDED: Final = 5
+_QUEUE: Final = 0
+_POST: Final = 1
+_IN_PLACE: Final = 2
+_IN_PLACE_END: Final = 3
+_SKIP: Final = 4
+
+
+def _check_instances(instances: Any) -> None:
+    """Raise UnmappedInstanceError now for an object the ORM cannot add."""
+    from sqlalchemy import inspect
+    from sqlalchemy.orm import exc as orm_exc
+
+    for instance in instances if isinstance(instances, list) else (instances,):
+        try:
+            inspect(instance)
+        except sa_exc.NoInspectionAvailable as err:
+            raise orm_exc.UnmappedInstanceError(instance) from err
+
+
+def _close_quietly(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            _log.debug("closing an unreceived result failed", exc_info=True)
+
+
+def detached(owner_name: str = "AsyncEngine") -> Runner:
+    """A runner for engine-level work (dispose, raw_connection): a pooled worker that
+    takes no slot, so it works while every slot is busy."""
+    return Runner(_unbound_limiter, owner_name, slotless=True)
+
+
+def new_runner(engines: list[Engine], owner_name: str, *, reusable: bool = True) -> Runner:
+    """A runner for an owner bound to ``engines`` (the distinct engines of its binds)."""
+    for engine in engines:
+        instrument(engine)
+    if not engines:
+        home = _unbound_limiter
+    elif len({id(e.pool) for e in engines}) == 1:
+        home = limiter_for(engines[0])
+    else:
+        home = _several_binds_limiter
+    return Runner(home, owner_name, reusable=reusable)
+
+
+# --------------------------------------------------------------------------
+# fork
 
 
 def _after_fork_in_child() -> None:
     """A forked child has only the thread that forked: forget the parent's
-    workers, canceller and slot holders, so the child starts fresh."""
+    workers and slot holders, so the child starts fresh."""
+    global _holders_lock, _limiters_lock
     pool._lock = threading.Lock()
     pool._idle = []
     pool._alive = set()
-    _canceller._lock = threading.Lock()
-    _canceller._queue = SimpleQueue()
-    _canceller._thread = None
+    _holders_lock = threading.Lock()
+    _limiters_lock = threading.Lock()
+    _holders.clear()
     for limiter in list(_all_limiters):
         limiter._lock = threading.Lock()
-        limiter._waiters.clear()
+        limiter._queue.clear()
         limiter._free = limiter.capacity
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def default_capacity() -> int:
-    """Slots for engines whose pool has no upper bound (NullPool, overflow -1)."""
-    return int(os.environ.get("ASYNC_ORM_MAX_WORKERS", "32"))

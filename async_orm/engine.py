@@ -10,41 +10,34 @@ application already has.
 from __future__ import annotations
 
 import contextlib
-import ssl
-import threading
+import sqlite3
+import uuid
 import weakref
-from asyncio import _get_running_loop
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, NoReturn, TypeVar, overload
 
-from sqlalchemy import event, util
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import util
 from sqlalchemy.engine import Connection, Dialect, Engine, ScalarResult, create_engine, make_url
 from sqlalchemy.engine import create_pool_from_url as _sa_create_pool_from_url
-from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
+from sqlalchemy.engine.base import NestedTransaction
+from sqlalchemy.engine.cursor import CursorResult
 from sqlalchemy.engine.url import URL
-from sqlalchemy.pool import (
-    AssertionPool,
-    NullPool,
-    Pool,
-    QueuePool,
-    SingletonThreadPool,
-    StaticPool,
-)
+from sqlalchemy.pool import Pool, QueuePool
 from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
-from . import _guard, _worker
+from . import _guard, _sa_compat, _worker
+from ._worker import CONNECT, END, ROLLBACK, SAVEPOINT_ROLLBACK, STATEMENT, STREAM, USER
 from .exc import (
     AsyncContextAlreadyStarted,
     AsyncContextNotStarted,
     AsyncDriverURLError,
     AsyncMethodRequired,
-    RollbackRequiredAfterCancel,
 )
 from .result import AsyncResult, AsyncScalarResult
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.base import NestedTransaction, RootTransaction, Transaction
+    from sqlalchemy.engine.base import Transaction
     from sqlalchemy.engine.interfaces import (
         CoreExecuteOptionsParameter,
         Dialect,
@@ -73,7 +66,7 @@ __all__ = [
     "create_async_pool_from_url",
 ]
 
-DEFAULT_WORKER_TIMEOUT = 30.0
+DEFAULT_WORKER_TIMEOUT = _worker.DEFAULT_WORKER_TIMEOUT
 
 _STREAM = util.immutabledict({"stream_results": True})
 
@@ -113,13 +106,62 @@ def _check_sync_url(url: str | URL) -> URL:
     return u
 
 
-def _is_sqlite_memory(u: URL) -> bool:
+def _sqlite_memory_kind(u: URL) -> str | None:
+    """ "private" for ``sqlite://`` / ``:memory:`` (one database per connection in
+    sqlite3), "named" for a ``file:...?mode=memory`` URI, None for a file."""
     if u.get_backend_name() != "sqlite":
-        return False
+        return None
     db = u.database
     if db in (None, "", ":memory:"):
-        return True
-    return "mode=memory" in db or u.query.get("mode") == "memory"
+        return "private"
+    if "mode=memory" in db or u.query.get("mode") == "memory":
+        return "named"
+    return None
+
+
+def _share_sqlite_memory(u: URL, kw: dict[str, Any]) -> None:
+    """An in-memory SQLite database that every worker thread shares.
+
+    sqlite3 gives each connection to ``sqlite://`` a private database, so each
+    session would see its own.  Instead, ``sqlite://`` becomes one named database of
+    SQLite's ``memdb`` VFS, which connections of this process share with SQLite's
+    ordinary locking (writers are serialized, waiting up to the driver's ``timeout``),
+    behind a QueuePool, so several sessions are open at once.  A ``file:...?mode=memory``
+    URI keeps its own sharing rules and gets the same pool.  One connection is kept
+    open for the engine's lifetime, so the database outlives its sessions.
+    """
+    kind = _sqlite_memory_kind(u)
+    if kind is None or {"poolclass", "pool", "creator"} & kw.keys():
+        return
+    connect_args = dict(kw.get("connect_args", {}))
+    connect_args.setdefault("check_same_thread", False)
+    kw["poolclass"] = QueuePool
+    if kind == "private":
+        target = f"file:/async_orm-{uuid.uuid4().hex}?vfs=memdb"
+        timeout = float(connect_args.pop("timeout", 5.0))
+        check = bool(connect_args.pop("check_same_thread"))
+        if connect_args:
+            raise sa_exc.ArgumentError(
+                f"connect_args {sorted(connect_args)} are not supported for an in-memory "
+                "SQLite URL; pass poolclass=... to choose the pool yourself."
+            )
+
+        def creator() -> sqlite3.Connection:
+            return sqlite3.connect(target, uri=True, timeout=timeout, check_same_thread=check)
+
+        kw["creator"] = creator
+        kw["connect_args"] = {}
+    else:
+        kw["connect_args"] = connect_args
+
+
+def _keep_sqlite_memory_alive(sync_engine: Engine) -> None:
+    """Hold one connection of an in-memory database for the engine's lifetime."""
+    if _sqlite_memory_kind(sync_engine.url) is None:
+        return
+    with _guard.allow_loop_io():  # an in-memory connect: no I/O to wait for
+        keeper = sync_engine.raw_connection()
+    weakref.finalize(sync_engine, keeper.close)
 
 
 def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
@@ -131,12 +173,12 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
         worker thread at once.  Defaults to the pool's capacity
         (``pool_size + max_overflow``), or 32 for pools without a bound.
     :param worker_timeout: seconds a new session waits for a free worker slot
-        before :class:`~async_orm.exc.WorkerSlotTimeout` (default 30).
+        before :class:`~async_orm.exc.WorkerSlotTimeout`; defaults to the pool's
+        ``pool_timeout`` (``None``: wait as long as it takes).
 
     An async driver's URL (``postgresql+asyncpg://``) is refused with an error
-    naming the sync URL to use.  In-memory SQLite (``sqlite://``) gets a
-    :class:`~sqlalchemy.pool.StaticPool` so every worker thread sees the same
-    database (and, sharing one connection, one session runs at a time).
+    naming the sync URL to use.  In-memory SQLite (``sqlite://``) is one database
+    that every session sees, with several sessions open at once.
     """
     if kw.get("server_side_cursors", False):
         raise AsyncMethodRequired(
@@ -144,16 +186,19 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
             "use the connection.stream() method for an async "
             "streaming result set"
         )
+    if "async_creator" in kw:
+        raise sa_exc.ArgumentError(
+            "async_creator is for async drivers; async_orm runs sync drivers, so pass a "
+            "sync connection factory as creator=... instead."
+        )
     max_workers = kw.pop("max_workers", None)
-    worker_timeout = kw.pop("worker_timeout", None)
+    worker_timeout = kw.pop("worker_timeout", _worker._UNSET)
     u = _check_sync_url(url)
-    if _is_sqlite_memory(u) and "poolclass" not in kw and "pool" not in kw:
-        kw["poolclass"] = StaticPool
-        connect_args = dict(kw.get("connect_args", {}))
-        connect_args.setdefault("check_same_thread", False)
-        kw["connect_args"] = connect_args
+    _share_sqlite_memory(u, kw)
     sync_engine = create_engine(u, **kw)
-    return AsyncEngine(sync_engine, max_workers=max_workers, worker_timeout=worker_timeout)
+    engine = AsyncEngine(sync_engine, max_workers=max_workers, worker_timeout=worker_timeout)
+    _keep_sqlite_memory_alive(sync_engine)
+    return engine
 
 
 def async_engine_from_config(
@@ -177,226 +222,33 @@ def create_async_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
     return _sa_create_pool_from_url(_check_sync_url(url), **kwargs)
 
 
-# --------------------------------------------------------------------------
-# engine instrumentation: the loop guard and interrupting a running statement
-
-#: thread ident -> the DBAPI connections that thread has checked out of a pool;
-#: maintained by pool events (once per checkout, not per statement)
-_checked_out: dict[int, list[Any]] = {}
-_checked_out_lock = threading.Lock()
-_get_ident = threading.get_ident
-_INSTRUMENTED = "_async_orm_instrumented"
-_GUARDED_DIALECT = "_async_orm_guarded"
+#: sync object -> its async front (weakly both ways): one async object per sync one,
+#: as SQLAlchemy's reversible proxies give
+_proxies: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
 
 
-def _guard_dialect(dialect: Dialect) -> None:
-    """The loop guard for Core statements, on one engine's dialect.
-
-    Every statement SQLAlchemy sends reaches the driver through ``do_execute``,
-    ``do_executemany`` or ``do_execute_no_params`` of the engine's dialect (its own
-    instance, shared only with ``execution_options()`` copies of that engine).
-    Wrapping those three costs one C call per statement off the loop; a
-    ``before_cursor_execute`` listener would do the same check but switch every
-    execution of the engine to SQLAlchemy's slower with-events path.  The error is
-    raised where a driver error would be, so SQLAlchemy cleans up as it does then.
-    """
-    if dialect.__dict__.get(_GUARDED_DIALECT):
-        return
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        setattr(dialect, name, _refusing_on_loop(getattr(dialect, name)))
-    dialect.__dict__[_GUARDED_DIALECT] = True
+def _register_proxy(target: Any, proxy: Any) -> None:
+    _proxies[target] = weakref.ref(proxy)
 
 
-def _refusing_on_loop(method: Callable[..., None]) -> Callable[..., None]:
-    """``method(cursor, statement, ...)``, refused on a thread running an event loop."""
-
-    def guarded(cursor: Any, statement: str, *rest: Any, **kw: Any) -> None:
-        if _get_running_loop() is not None and _guard.loop_io_refused():
-            raise _guard.statement_on_loop(statement)
-        method(cursor, statement, *rest, **kw)
-
-    return guarded
-
-
-#: id(pool record) -> (thread ident, DBAPI connection) while checked out; at checkin
-#: an invalidated record no longer names its DBAPI connection, so it is kept here
-_holders: dict[int, tuple[int, Any]] = {}
+def _proxy_for(target: Any, make: Callable[[], _T]) -> _T:
+    """The async front of ``target``, made by ``make()`` the first time."""
+    ref = _proxies.get(target)
+    found = ref() if ref is not None else None
+    if found is None:
+        found = make()
+        _proxies[target] = weakref.ref(found)
+    return found
 
 
-def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    ident = _get_ident()
-    with _checked_out_lock:
-        _holders[id(record)] = (ident, dbapi_connection)
-        _checked_out.setdefault(ident, []).append(dbapi_connection)
-
-
-def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-    with _checked_out_lock:
-        holder = _holders.pop(id(record), None)
-        if holder is None:
-            return
-        ident, held = holder
-        conns = _checked_out.get(ident)
-        if conns is not None:
-            conns[:] = [c for c in conns if c is not held]
-            if not conns:
-                del _checked_out[ident]
-
-
-def _reached(connection: Connection) -> None:
-    """A guarded session began a transaction on ``connection`` (on its worker):
-    instrument an engine seen for the first time, and note the connection it
-    already holds."""
-    engine = connection.engine
-    if engine.__dict__.get(_INSTRUMENTED):
-        return
-    _instrument(engine)
-    record = getattr(connection.connection, "_connection_record", None)
-    if record is not None and id(record) not in _holders:
-        _on_checkout(connection.connection.dbapi_connection, record, None)
-
-
-def _instrument(sync_engine: Engine) -> None:
-    """Install async_orm's engine and pool events once per engine (idempotent):
-    the Core loop guard, and which thread holds which DBAPI connection (for
-    interrupting a cancelled call)."""
-    if sync_engine.__dict__.get(_INSTRUMENTED):
-        return
-    sync_engine.__dict__[_INSTRUMENTED] = True
-    _guard_dialect(sync_engine.dialect)
-    event.listen(sync_engine, "checkout", _on_checkout)
-    event.listen(sync_engine, "checkin", _on_checkin)
-
-
-_guard.on_engine_reached = _reached
-
-
-def _interrupt_statement(thread_ident: int) -> None:
-    """Interrupt the statement running on ``thread_ident``, at the driver.
-
-    psycopg: ``cancel_safe()`` (3.2+) or ``cancel()``; sqlite3: ``interrupt()``;
-    PyMySQL: ``KILL QUERY <thread id>`` sent over a short-lived second connection,
-    as the ``mysql`` client does on Ctrl-C.  Called on async_orm's canceller
-    thread, never on the event loop.
-    """
-    with _checked_out_lock:
-        conns = list(_checked_out.get(thread_ident, ()))
-    for dbapi_conn in conns:  # interrupting an idle connection is a no-op
-        _interrupt_connection(dbapi_conn)
-
-
-def _interrupt_connection(dbapi_conn: Any) -> None:
-    cancel_safe = getattr(dbapi_conn, "cancel_safe", None)
-    if cancel_safe is not None:
-        cancel_safe(timeout=5.0)
-        return
-    for name in ("cancel", "interrupt"):
-        method = getattr(dbapi_conn, name, None)
-        if method is not None:
-            method()
-            return
-    if callable(getattr(dbapi_conn, "thread_id", None)) and hasattr(dbapi_conn, "host"):
-        _kill_mysql_query(dbapi_conn)
-
-
-def _kill_mysql_query(dbapi_conn: Any) -> None:
-    killer = type(dbapi_conn)(
-        host=dbapi_conn.host,
-        port=dbapi_conn.port,
-        user=dbapi_conn.user,
-        password=dbapi_conn.password,
-        unix_socket=getattr(dbapi_conn, "unix_socket", None),
-        ssl=dbapi_conn.ctx
-        if isinstance(getattr(dbapi_conn, "_sock", None), ssl.SSLSocket)
-        else None,
-        connect_timeout=5,
-    )
-    try:
-        with killer.cursor() as cursor:
-            cursor.execute(f"KILL QUERY {int(dbapi_conn.thread_id())}")
-    finally:
-        killer.close()
-
-
-# --------------------------------------------------------------------------
-# worker slots per engine
-
-
-_limiters: weakref.WeakKeyDictionary[Pool, _worker.Limiter] = weakref.WeakKeyDictionary()
-_limiters_lock = threading.Lock()
-
-
-def _pool_capacity(pool: Pool) -> int:
-    if isinstance(pool, QueuePool):
-        size = pool.size()
-        overflow = pool._max_overflow
-        if size <= 0 or overflow < 0:
-            return _worker.default_capacity()
-        return max(1, size + overflow)
-    if isinstance(pool, (StaticPool, AssertionPool)):
-        return 1
-    if isinstance(pool, SingletonThreadPool):
-        return max(1, pool.size)
-    if isinstance(pool, NullPool):
-        return _worker.default_capacity()
-    return _worker.default_capacity()
-
-
-def _limiter_for(
-    sync_engine: Engine, max_workers: int | None = None, timeout: float | None = None
-) -> _worker.Limiter:
-    """The slot limiter of ``sync_engine``'s pool (one per pool, shared by the
-    engine's ``execution_options()`` copies)."""
-    pool = sync_engine.pool
-    with _limiters_lock:
-        limiter = _limiters.get(pool)
-        if limiter is None:
-            capacity = max_workers if max_workers is not None else _pool_capacity(pool)
-            describe = (
-                f"engine {sync_engine.url.render_as_string(hide_password=True)!r} "
-                f"({type(pool).__name__}, capacity {capacity})"
-            )
-            limiter = _worker.Limiter(
-                capacity, timeout if timeout is not None else DEFAULT_WORKER_TIMEOUT, describe
-            )
-            _limiters[pool] = limiter
-        else:
-            if max_workers is not None and max_workers != limiter.capacity:
-                raise sa_exc.ArgumentError(
-                    f"This engine's pool already has {limiter.capacity} worker slots; "
-                    "max_workers can only be given when the engine is first wrapped."
-                )
-            if timeout is not None:
-                limiter.timeout = timeout
-    return limiter
-
-
-def _new_runner(sync_engine: Engine | None, owner_name: str) -> _worker.Runner:
-    """A runner for a session or connection bound to ``sync_engine``."""
-    if sync_engine is None:
-        limiter = _unbound_limiter
-    else:
-        _instrument(sync_engine)
-        limiter = _limiter_for(sync_engine)
-    return _worker.Runner(limiter, _interrupt_statement, owner_name)
-
-
-_unbound_limiter = _worker.Limiter(
-    _worker.default_capacity(), DEFAULT_WORKER_TIMEOUT, "sessions without a bind"
-)
+def _async_engine(sync_engine: Engine) -> AsyncEngine:
+    return _proxy_for(sync_engine, lambda: AsyncEngine(sync_engine))
 
 
 async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
-    """Run engine-level work (dispose, raw_connection) on a pooled worker that
-    takes no slot, so it works while every slot is busy."""
-    runner = _worker.Runner(_maintenance_limiter, None, "AsyncEngine")
-    try:
-        return await runner.run_shielded(fn, *args)
-    finally:
-        runner.release()
-
-
-_maintenance_limiter = _worker.Limiter(1 << 20, DEFAULT_WORKER_TIMEOUT, "engine maintenance")
+    """Engine-level work (dispose, raw_connection) on a pooled worker that takes no
+    slot, so it works while every slot is busy."""
+    return await _worker.detached().run(_worker.DETACHED, fn, *args)
 
 
 # --------------------------------------------------------------------------
@@ -410,6 +262,15 @@ class AsyncConnectable:
     __slots__ = ()
 
     sync_engine: Engine
+
+    @classmethod
+    def _no_async_engine_events(cls) -> NoReturn:
+        # SQLAlchemy's event registry calls this for a target that has it
+        raise NotImplementedError(
+            "asynchronous events are not implemented at this time.  Apply "
+            "synchronous listeners to the AsyncEngine.sync_engine or "
+            "AsyncConnection.sync_connection attributes (they run on the worker thread)."
+        )
 
 
 class StartableContext(Generic[_T]):
@@ -479,7 +340,7 @@ class AsyncEngine(AsyncConnectable):
         sync_engine: Engine,
         *,
         max_workers: int | None = None,
-        worker_timeout: float | None = None,
+        worker_timeout: float | Any | None = _worker._UNSET,
     ) -> None:
         if not isinstance(sync_engine, Engine):
             raise sa_exc.ArgumentError(
@@ -488,8 +349,11 @@ class AsyncEngine(AsyncConnectable):
         if sync_engine.dialect.is_async:
             _check_sync_url(sync_engine.url)
         self.sync_engine = sync_engine
-        _instrument(sync_engine)
-        self._limiter = _limiter_for(sync_engine, max_workers, worker_timeout)
+        self._limiter = _worker.limiter_for(sync_engine, max_workers, worker_timeout)
+        _worker.instrument(sync_engine)
+        ref = _proxies.get(sync_engine)
+        if ref is None or ref() is None:
+            _register_proxy(sync_engine, self)
 
     # -- proxy comparisons ------------------------------------------------------
 
@@ -529,15 +393,7 @@ class AsyncEngine(AsyncConnectable):
 
     async def dispose(self, close: bool = True) -> None:
         """Dispose of the pool, on a worker thread; see :meth:`Engine.dispose`."""
-        old_pool = self.sync_engine.pool
-        await _run_detached(self._dispose_sync, close)
-        new_pool = self.sync_engine.pool
-        with _limiters_lock:
-            if new_pool is not old_pool and old_pool in _limiters:
-                _limiters[new_pool] = _limiters[old_pool]
-
-    def _dispose_sync(self, close: bool) -> None:
-        self.sync_engine.dispose(close=close)
+        await _run_detached(self.sync_engine.dispose, close)
 
     # -- options ---------------------------------------------------------------
 
@@ -621,22 +477,32 @@ def _buffer_result(
 ) -> CursorResult[Unpack[TupleAny]]:
     """Runs on the worker: fetch every row now, so that reading the result on the
     event loop touches neither the driver nor the connection."""
-    if result.context._is_server_side:
+    if _sa_compat.is_server_side(result):
         result.close()
         raise AsyncMethodRequired(
             f"Can't use the {owner}.{method}() method with a server-side cursor. Use "
             f"the {owner}.stream() method for an async streaming result set."
         )
-    cursor = result.cursor
-    if cursor is not None and result.returns_rows:
-        strategy = result.cursor_strategy
-        rows = strategy.fetchall(result, cursor)  # also soft-closes the DBAPI cursor
-        result.cursor_strategy = FullyBufferedCursorFetchStrategy(
-            None,
-            alternate_description=strategy.alternate_cursor_description,
-            initial_buffer=rows,
-        )
+    _sa_compat.buffer_cursor_result(result)
     return result
+
+
+def _execute_buffered(
+    conn: Connection, statement: Any, parameters: Any, execution_options: Any
+) -> CursorResult[Unpack[TupleAny]]:
+    result = conn.execute(statement, parameters, execution_options=execution_options)
+    return _buffer_result(result, "execute")
+
+
+def _exec_driver_sql_buffered(
+    conn: Connection, statement: str, parameters: Any, execution_options: Any
+) -> CursorResult[Unpack[TupleAny]]:
+    result = conn.exec_driver_sql(statement, parameters, execution_options)
+    return _buffer_result(result, "exec_driver_sql")
+
+
+def _nothing() -> None:
+    return None
 
 
 class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
@@ -660,8 +526,10 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         self.engine = async_engine
         self.sync_engine = async_engine.sync_engine
         self.sync_connection = sync_connection
-        self._runner = _new_runner(self.sync_engine, "AsyncConnection")
+        self._runner = _worker.new_runner([self.sync_engine], "AsyncConnection", reusable=False)
         self._owns_runner = True
+        if sync_connection is not None:
+            _register_proxy(sync_connection, self)
 
     @classmethod
     def _for_session(
@@ -701,14 +569,6 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
             self._raise_for_not_started()
         return conn
 
-    def _call(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
-        """Run a statement-making call on the worker, unless a cancelled call left this
-        connection's transaction in an unknown state (then a rollback comes first)."""
-        runner = self._runner
-        if runner.interrupted:
-            raise _connection_rollback_required()
-        return runner.run(fn, *args)
-
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncConnection:
@@ -720,26 +580,25 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
                 "new one from engine.connect()."
             )
         try:
-            conn = await self._runner.run(self.sync_engine.connect)
+            conn = await self._runner.run(CONNECT, self.sync_engine.connect)
         except BaseException:
-            if self._owns_runner:
-                self._runner.release()  # nothing to close: give the slot back now
+            await self._runner.run(END, _nothing)  # give the slot back now (shielded)
             raise
         self.sync_connection = conn
+        _register_proxy(conn, self)
         self._runner.finalizer = conn.close  # closes it on its worker if never closed
         return self
 
     async def close(self) -> None:
         """Close the connection (returning it to the pool) and release its worker.
         A cancellation cannot interrupt closing."""
-        conn = self.sync_connection
-        try:
-            if conn is not None and not conn.closed:
-                await self._runner.run_shielded(conn.close)
-        finally:
-            if self._owns_runner:
-                self._runner.interrupted = False
-                self._runner.release()
+        if self.sync_connection is not None:
+            await self._runner.run(self._end_kind, self.sync_connection.close)
+
+    @property
+    def _end_kind(self) -> _worker.Kind:
+        # a connection that shares a session's worker leaves its end to the session
+        return END if self._owns_runner else ROLLBACK
 
     async def aclose(self) -> None:
         """Same as :meth:`close`, for :func:`contextlib.aclosing`."""
@@ -750,7 +609,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 
     async def invalidate(self, exception: BaseException | None = None) -> None:
         """Invalidate the underlying DBAPI connection; see :meth:`Connection.invalidate`."""
-        await self._runner.run(self._connection_for().invalidate, exception)
+        await self._runner.run(ROLLBACK, self._connection_for().invalidate, exception)
 
     # -- transactions ----------------------------------------------------------
 
@@ -766,12 +625,12 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 
     async def commit(self) -> None:
         """Commit the transaction in progress."""
-        await self._call(self._connection_for().commit)
+        await self._runner.run(STATEMENT, self._connection_for().commit)
 
     async def rollback(self) -> None:
-        """Roll back the transaction in progress."""
-        await self._runner.run(self._connection_for().rollback)
-        self._runner.interrupted = False
+        """Roll back the transaction in progress (also ends the state a cancelled call
+        left)."""
+        await self._runner.run(ROLLBACK, self._connection_for().rollback)
 
     def in_transaction(self) -> bool:
         """True if a transaction is in progress."""
@@ -784,30 +643,27 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     def get_transaction(self) -> AsyncTransaction | None:
         """The :class:`AsyncTransaction` in progress, if any."""
         trans = self._connection_for().get_transaction()
-        return AsyncTransaction._wrap(self, trans, False) if trans is not None else None
+        return AsyncTransaction._wrap(self, trans) if trans is not None else None
 
     def get_nested_transaction(self) -> AsyncTransaction | None:
         """The innermost SAVEPOINT :class:`AsyncTransaction` in progress, if any."""
         trans = self._connection_for().get_nested_transaction()
-        return AsyncTransaction._wrap(self, trans, True) if trans is not None else None
+        return AsyncTransaction._wrap(self, trans) if trans is not None else None
 
     # -- options and attributes ---------------------------------------------------
 
     async def execution_options(self, **opt: Any) -> AsyncConnection:
         """Set execution options on this connection (in place) and return it."""
-        conn = self._connection_for()
-        c2 = await self._runner.run(lambda: conn.execution_options(**opt))
-        assert c2 is conn
+        await self._runner.run(STATEMENT, self._connection_for().execution_options, **opt)
         return self
 
     async def get_raw_connection(self) -> PoolProxiedConnection:
         """The pooled DBAPI connection this connection uses."""
-        conn = self._connection_for()
-        return await self._runner.run(getattr, conn, "connection")
+        return await self._runner.run(STATEMENT, getattr, self._connection_for(), "connection")
 
     async def get_isolation_level(self) -> IsolationLevel:
         """The isolation level of this connection, read from the database."""
-        return await self._runner.run(self._connection_for().get_isolation_level)
+        return await self._runner.run(STATEMENT, self._connection_for().get_isolation_level)
 
     @property
     def default_isolation_level(self) -> IsolationLevel | None:
@@ -878,18 +734,14 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     ) -> CursorResult[Unpack[TupleAny]]:
         """Execute a statement and return a buffered :class:`CursorResult`
         (every row fetched on the worker)."""
-        conn = self._connection_for()
-        return await self._call(self._execute_sync, conn, statement, parameters, execution_options)
-
-    @staticmethod
-    def _execute_sync(
-        conn: Connection,
-        statement: Executable,
-        parameters: Any,
-        execution_options: Any,
-    ) -> CursorResult[Unpack[TupleAny]]:
-        result = conn.execute(statement, parameters, execution_options=execution_options)
-        return _buffer_result(result, "execute")
+        return await self._runner.run(
+            STATEMENT,
+            _execute_buffered,
+            self._connection_for(),
+            statement,
+            parameters,
+            execution_options,
+        )
 
     async def exec_driver_sql(
         self,
@@ -898,13 +750,14 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         execution_options: CoreExecuteOptionsParameter | None = None,
     ) -> CursorResult[Unpack[TupleAny]]:
         """Execute a string of SQL directly on the driver; rows are buffered."""
-        conn = self._connection_for()
-
-        def call() -> CursorResult[Unpack[TupleAny]]:
-            result = conn.exec_driver_sql(statement, parameters, execution_options)
-            return _buffer_result(result, "exec_driver_sql")
-
-        return await self._call(call)
+        return await self._runner.run(
+            STATEMENT,
+            _exec_driver_sql_buffered,
+            self._connection_for(),
+            statement,
+            parameters,
+            execution_options,
+        )
 
     @overload
     async def scalar(
@@ -997,10 +850,13 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     async def _stream(
         self, statement: Executable, parameters: Any, execution_options: Any
     ) -> AsyncResult[Unpack[TupleAny]]:
-        conn = self._connection_for()
         options = _STREAM.union(execution_options) if execution_options else _STREAM
-        result = await self._call(
-            lambda: conn.execute(statement, parameters, execution_options=options)
+        result = await self._runner.run(
+            STREAM,
+            self._connection_for().execute,
+            statement,
+            parameters,
+            execution_options=options,
         )
         return AsyncResult(result, self._runner)
 
@@ -1043,8 +899,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     ) -> _T:
         """Run ``fn(sync_connection, *arg, **kw)`` on this connection's worker
         thread, e.g. ``await conn.run_sync(metadata.create_all)``."""
-        conn = self._connection_for()
-        return await self._call(self._runner._marked, lambda: fn(conn, *arg, **kw))
+        return await self._runner.run(USER, fn, self._connection_for(), *arg, **kw)
 
 
 # --------------------------------------------------------------------------
@@ -1054,7 +909,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 class AsyncTransaction(StartableContext["AsyncTransaction"]):
     """An asyncio front for a sync :class:`~sqlalchemy.engine.Transaction`."""
 
-    __slots__ = ("connection", "nested", "sync_transaction")
+    __slots__ = ("__weakref__", "connection", "nested", "sync_transaction")
 
     def __init__(self, connection: AsyncConnection, nested: bool = False):
         self.connection = connection
@@ -1062,12 +917,15 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
         self.sync_transaction: Transaction | None = None
 
     @classmethod
-    def _wrap(
-        cls, connection: AsyncConnection, trans: Transaction, nested: bool
-    ) -> AsyncTransaction:
-        wrapped = cls(connection, nested)
-        wrapped.sync_transaction = trans
-        return wrapped
+    def _wrap(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
+        """The one AsyncTransaction of ``trans`` (made on first use)."""
+
+        def make() -> AsyncTransaction:
+            wrapped = cls(connection, isinstance(trans, NestedTransaction))
+            wrapped.sync_transaction = trans
+            return wrapped
+
+        return _proxy_for(trans, make)
 
     def __hash__(self) -> int:
         return id(self.sync_transaction) if self.sync_transaction is not None else id(self)
@@ -1093,6 +951,10 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
         return self._sync()
 
     @property
+    def _rollback_kind(self) -> _worker.Kind:
+        return SAVEPOINT_ROLLBACK if self.nested else ROLLBACK
+
+    @property
     def is_valid(self) -> bool:
         """True while the transaction can still be used (see :attr:`Transaction.is_valid`)."""
         return self._sync().is_valid
@@ -1104,17 +966,15 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
 
     async def close(self) -> None:
         """Close the transaction: roll back a root one, release a nested one."""
-        await self.connection._runner.run_shielded(self._sync().close)
-        _rolled_back(self.connection._runner, self.nested)
+        await self.connection._runner.run(self._rollback_kind, self._sync().close)
 
     async def rollback(self) -> None:
         """Roll back this transaction."""
-        await self.connection._runner.run(self._sync().rollback)
-        _rolled_back(self.connection._runner, self.nested)
+        await self.connection._runner.run(self._rollback_kind, self._sync().rollback)
 
     async def commit(self) -> None:
         """Commit this transaction."""
-        await self.connection._call(self._sync().commit)
+        await self.connection._runner.run(STATEMENT, self._sync().commit)
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncTransaction:
         """Begin the transaction on the connection's worker."""
@@ -1125,65 +985,37 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
                 "with conn.begin() / conn.begin_nested()."
             )
         conn = self.connection._connection_for()
-        begin: Callable[[], RootTransaction | NestedTransaction] = (
-            conn.begin_nested if self.nested else conn.begin
-        )
-        self.sync_transaction = await self.connection._runner.run(begin)
+        begin = conn.begin_nested if self.nested else conn.begin
+        trans = await self.connection._runner.run(STATEMENT, _begin, begin, is_ctxmanager)
+        self.sync_transaction = trans
+        _register_proxy(trans, self)
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        await _exit_transaction(
-            self.connection._runner,
-            self._sync(),
-            self.nested,
-            type_,
-            value,
-            traceback,
-            _connection_rollback_required,
+        await self.connection._runner.exit_block(
+            self.nested, self._sync().__exit__, type_, value, traceback
         )
 
 
-def _connection_rollback_required() -> RollbackRequiredAfterCancel:
-    return RollbackRequiredAfterCancel(
-        "A call of this AsyncConnection was cancelled while it was running, so its "
-        "transaction is in an unknown state. Call 'await conn.rollback()' (or close the "
-        "connection) before using it again."
-    )
+def _begin(begin: Callable[[], Any], is_ctxmanager: bool) -> Any:
+    """On the worker: begin, and as a context manager enter the sync transaction, so
+    that SQL after it was ended inside the block is refused as in SQLAlchemy."""
+    trans = begin()
+    if is_ctxmanager:
+        trans.__enter__()
+    return trans
 
 
-def _rolled_back(runner: _worker.Runner, nested: bool) -> None:
-    """After a transaction's rollback: a root rollback ends whatever state a cancelled
-    call left; rolling back to a savepoint does not (SQLite may already have rolled
-    back the whole transaction)."""
-    if not nested:
-        runner.interrupted = False
-
-
-async def _exit_transaction(
-    runner: _worker.Runner,
-    trans: Any,
-    nested: bool,
-    type_: Any,
-    value: Any,
-    traceback: Any,
-    rollback_required: Callable[[], RollbackRequiredAfterCancel],
-) -> None:
-    """The exit of ``async with ...begin()`` (connection or session), shielded.
-
-    A block that ends normally commits, unless a call cancelled while it ran left the
-    transaction in an unknown state: then it is rolled back instead and
-    :class:`RollbackRequiredAfterCancel` raised, so half a unit of work is never
-    committed.  A root rollback clears that state; a savepoint's does not.
-    """
-    refused = None
-    if type_ is None and runner.interrupted:
-        refused = rollback_required()
-        type_, value, traceback = type(refused), refused, None
-    await runner.run_shielded(trans.__exit__, type_, value, traceback)
-    if type_ is not None:  # the block's exit rolled back
-        _rolled_back(runner, nested)
-    if refused is not None:
-        raise refused
+_sa_compat.refuse_inspection(
+    AsyncConnection,
+    "Inspection on an AsyncConnection is not supported. Use await conn.run_sync(fn) to "
+    "pass a callable that calls inspect() on the sync connection it is given.",
+)
+_sa_compat.refuse_inspection(
+    AsyncEngine,
+    "Inspection on an AsyncEngine is not supported. Get a connection, then use await "
+    "conn.run_sync(fn) to pass a callable that calls inspect() on the sync connection.",
+)
 
 
 def _get_sync_engine_or_connection(

@@ -3,8 +3,8 @@
 The first three mirror ``sqlalchemy.ext.asyncio.exc``; the rest are this
 library's own.  Each is a subclass of the SQLAlchemy error that code written
 for ``sqlalchemy.ext.asyncio`` already catches in that situation, and each
-message ends with the section of the errors reference (``docs/errors.rst``)
-that explains it.
+message ends with the section of the "Errors" page of the documentation that
+explains it, named in words.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class _Documented(sa_exc.SQLAlchemyError):
     def _code_str(self) -> str:
         if not self.code:
             return ""
-        return f"(async_orm errors reference, docs/errors.rst: '{self.code}')"
+        return f"(see 'Errors' in the async_orm docs, section {self.code})"
 
 
 class AsyncMethodRequired(_Documented, sa_exc.InvalidRequestError):

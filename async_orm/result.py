@@ -28,6 +28,8 @@ from sqlalchemy.engine.result import FilterResult, FrozenResult, _WithKeys
 from sqlalchemy.util import TypingOnly
 from typing_extensions import TypeVarTuple, Unpack
 
+from ._worker import STATEMENT
+
 if TYPE_CHECKING:
     from sqlalchemy.engine.result import _KeyIndexType, _UniqueFilterType
 
@@ -148,9 +150,9 @@ class AsyncCommon(FilterResult[_R]):
         rows: Sequence[Any]
         if self._unique_filter_state:
             # de-duplicating needs the built rows: build and filter them on the worker
-            rows = await runner.run(self._manyrow_getter, self, self._chunk(None))
+            rows = await runner.run(STATEMENT, self._manyrow_getter, self, self._chunk(None))
         else:
-            rows = await runner.run(self._fetchmany_impl, self._chunk(None))
+            rows = await runner.run(STATEMENT, self._fetchmany_impl, self._chunk(None))
         if not rows:
             return False
         self._buffer.extend(rows)
@@ -182,15 +184,15 @@ class AsyncCommon(FilterResult[_R]):
             taken = self._take(count)
             if size is None or count == size:
                 return taken
-            more = await runner.run(self._manyrow_getter, self, size - count)
+            more = await runner.run(STATEMENT, self._manyrow_getter, self, size - count)
             return taken + list(more)
         # no size: what the sync Result.fetchmany() returns (yield_per rows, or the
         # driver's cursor.arraysize)
-        return list(await runner.run(self._manyrow_getter, self, size))
+        return list(await runner.run(STATEMENT, self._manyrow_getter, self, size))
 
     async def _rest(self) -> list[Any]:
         taken = self._take(len(self._buffer))
-        rows = await self._get_runner().run(self._allrows)
+        rows = await self._get_runner().run(STATEMENT, self._allrows)
         return taken + list(rows) if taken else list(rows)
 
     async def _one_row(
@@ -198,12 +200,12 @@ class AsyncCommon(FilterResult[_R]):
     ) -> Any:
         if not self._buffer:
             return await self._get_runner().run(
-                self._only_one_row, raise_for_second_row, raise_for_none, scalar
+                STATEMENT, self._only_one_row, raise_for_second_row, raise_for_none, scalar
             )
         # part of the result was already served from a chunk: decide locally
         rows = await self._rest() if raise_for_second_row else self._take(1)
         self._buffer.clear()
-        await self._get_runner().run(self._real_result.close)
+        await self._get_runner().run(STATEMENT, self._real_result.close)
         if not rows:
             if raise_for_none:
                 raise sa_exc.NoResultFound("No row was found when one was required")
@@ -227,7 +229,7 @@ class AsyncCommon(FilterResult[_R]):
     async def close(self) -> None:  # type: ignore[override]
         """Close this result (and its server-side cursor), on the worker."""
         self._buffer.clear()
-        await self._get_runner().run(self._real_result.close)
+        await self._get_runner().run(STATEMENT, self._real_result.close)
 
     @property
     def closed(self) -> bool:
@@ -333,7 +335,7 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
             raise sa_exc.InvalidRequestError(
                 "freeze() must be called before rows are fetched from this AsyncResult."
             )
-        return await self._get_runner().run(FrozenResult, self._real_result)
+        return await self._get_runner().run(STATEMENT, FrozenResult, self._real_result)
 
     @overload
     def scalars(

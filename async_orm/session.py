@@ -10,14 +10,14 @@ is idle, and queue behind the calls in flight otherwise.
 
 from __future__ import annotations
 
-import functools
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
     Concatenate,
     Generic,
+    NoReturn,
     TypeVar,
     overload,
 )
@@ -26,22 +26,33 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, util
 from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
 from sqlalchemy.orm import Session, SessionTransaction, object_session
-from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm.state import InstanceState
 from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
-from . import _guard, _worker
+from . import _guard, _sa_compat, _worker
+from ._worker import (
+    END,
+    END_QUIET,
+    LOCAL,
+    LOCAL_ADD,
+    ROLLBACK,
+    SAVEPOINT_ROLLBACK,
+    STATEMENT,
+    STREAM,
+    USER,
+)
 from .engine import (
     AsyncConnection,
     AsyncEngine,
     StartableContext,
+    _async_engine,
+    _begin,
     _buffer_result,
-    _exit_transaction,
     _get_sync_engine_or_connection,
-    _new_runner,
-    _rolled_back,
+    _proxy_for,
+    _register_proxy,
 )
-from .exc import AsyncBindNotFound, AsyncMethodRequired, RollbackRequiredAfterCancel
+from .exc import AsyncBindNotFound, AsyncMethodRequired
 from .result import AsyncResult, AsyncScalarResult
 
 if TYPE_CHECKING:
@@ -84,8 +95,6 @@ _POPULATE_EXISTING_DEFAULT: bool | None = None if _HAS_21_API else False
 
 _AsyncSessionBind = AsyncEngine | AsyncConnection | Engine | Connection
 
-_PROXY = "_async_orm_proxy"
-
 _all_sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
 
 
@@ -98,14 +107,18 @@ def _ensure_sync_result(result: Result[Unpack[TupleAny]], method: str) -> Result
     cursor results so that reading them on the loop does no I/O."""
     if getattr(result, "_is_cursor", False):
         return _buffer_result(result, method, "AsyncSession")  # type: ignore[arg-type]
-    raw = getattr(result, "raw", None)
-    if raw is not None and raw.context._is_server_side:
+    raw = _sa_compat.raw_cursor_result(result)
+    if raw is not None and _sa_compat.is_server_side(raw):
         raw.close()
         raise AsyncMethodRequired(
             f"Can't use the AsyncSession.{method}() method with a server-side cursor. "
             "Use the AsyncSession.stream() method for an async streaming result set."
         )
     return result
+
+
+def _execute_buffered(sync: Session, statement: Any, params: Any, **kw: Any) -> Any:
+    return _ensure_sync_result(sync.execute(statement, params, **kw), "execute")
 
 
 def _close_or_invalidate(sync: Session) -> None:
@@ -168,59 +181,60 @@ class AsyncSession:
         if sync_session_class is not None:
             self.sync_session_class = sync_session_class
 
-        sync_class = _guard.guarded_class(self.sync_session_class)
-        self.sync_session = sync_class(bind=sync_bind, binds=sync_binds, **kw)
-        self.sync_session.__dict__[_PROXY] = weakref.ref(self)
+        sync = self.sync_session = self.sync_session_class(bind=sync_bind, binds=sync_binds, **kw)
+        if not isinstance(sync, Session):
+            raise sa_exc.ArgumentError(
+                f"sync_session_class must be a Session subclass or a callable returning a "
+                f"Session (such as a sessionmaker), not {self.sync_session_class!r}, which "
+                f"returned {type(sync).__name__}."
+            )
+        _guard.guard_session(sync)
+        _worker.watch_binds(sync)
+        _register_proxy(sync, self)
 
         if runner is None:
-            first = (
-                sync_bind
-                if sync_bind is not None
-                else (next(iter(sync_binds.values()), None) if sync_binds else None)
-            )
-            engine = first.engine if first is not None else None
-            runner = _new_runner(engine, "AsyncSession")
-            runner.finalizer = self.sync_session.close
+            engines = {
+                id(b.engine): b.engine
+                for b in (sync_bind, *(sync_binds or {}).values())
+                if b is not None
+            }
+            runner = _worker.new_runner(list(engines.values()), "AsyncSession")
+            runner.finalizer = sync.close
             self._owns_runner = True
         else:
             self._owns_runner = False
         self._runner = runner
-        #: id(sync Connection) -> its AsyncConnection, so that the same sync connection
-        #: always comes back as the same object, as in SQLAlchemy
-        self._async_connections: dict[int, AsyncConnection] = {}
         _all_sessions.add(self)
 
     # -- the hop -----------------------------------------------------------------
 
     def _async_connection(self, sync_conn: Connection) -> AsyncConnection:
-        """The AsyncConnection of one of this session's sync connections: the same
-        object for as long as that connection is open
-        (``await session.connection() is await session.connection()``)."""
-        cache = self._async_connections
-        found = cache.get(id(sync_conn))
-        if found is not None and found.sync_connection is sync_conn:
-            return found
-        for key, conn in list(cache.items()):  # forget those of ended transactions
-            if conn.sync_connection is None or conn.sync_connection.closed:
-                del cache[key]
-        conn = AsyncConnection._for_session(AsyncEngine(sync_conn.engine), sync_conn, self._runner)
-        cache[id(sync_conn)] = conn
-        return conn
-
-    def _rollback_required(self) -> RollbackRequiredAfterCancel:
-        return RollbackRequiredAfterCancel(
-            "A call of this AsyncSession was cancelled while it was running, so its "
-            "transaction is in an unknown state. Call 'await session.rollback()' (or "
-            "close the session) before using it again."
+        """The one AsyncConnection of one of this session's sync connections (the
+        AsyncConnection the session was bound to, for that one)."""
+        return _proxy_for(
+            sync_conn,
+            lambda: AsyncConnection._for_session(
+                _async_engine(sync_conn.engine), sync_conn, self._runner
+            ),
         )
 
-    def _call(self, fn: Callable[..., _T], /, *args: Any) -> Coroutine[Any, Any, _T]:
-        # a plain function handing back the runner's coroutine: one coroutine frame
-        # fewer to create and to resume on every awaited call
-        runner = self._runner
-        if runner.interrupted:
-            raise self._rollback_required()
-        return runner.run(fn, *args)
+    def _end_kind(self, quiet_when_idle: bool = False) -> _worker.Kind:
+        """How this session's close/reset/invalidate runs: as the end of its worker,
+        or, borrowing an AsyncConnection's worker, as a recovery call on it."""
+        if not self._owns_runner:
+            return ROLLBACK
+        if quiet_when_idle and not self.sync_session.in_transaction():
+            return END_QUIET  # touches no connection and fires no listener
+        return END
+
+    @classmethod
+    def _no_async_engine_events(cls) -> NoReturn:
+        # SQLAlchemy's event registry calls this for a target that has it
+        raise NotImplementedError(
+            "asynchronous events are not implemented at this time.  Apply "
+            "synchronous listeners to the AsyncSession.sync_session (they run on the "
+            "session's worker thread)."
+        )
 
     # -- proxy comparisons ------------------------------------------------------
 
@@ -277,20 +291,16 @@ class AsyncSession:
     ) -> Result[Unpack[TupleAny]]:
         """Execute a statement and return a buffered :class:`~sqlalchemy.engine.Result`
         (all rows fetched on the worker, in one hop)."""
-        options = _merge_options(execution_options, _EXECUTE_OPTIONS)
-        sync = self.sync_session
-
-        def call() -> Result[Unpack[TupleAny]]:
-            result = sync.execute(
-                statement,
-                params,
-                execution_options=options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
-            return _ensure_sync_result(result, "execute")
-
-        return await self._call(call)
+        return await self._runner.run(
+            STATEMENT,
+            _execute_buffered,
+            self.sync_session,
+            statement,
+            params,
+            execution_options=_merge_options(execution_options, _EXECUTE_OPTIONS),
+            bind_arguments=bind_arguments,
+            **kw,
+        )
 
     @overload
     async def scalar(
@@ -325,15 +335,14 @@ class AsyncSession:
     ) -> Any:
         """Execute and return the first column of the first row."""
         options = _merge_options(execution_options, _EXECUTE_OPTIONS)
-        return await self._call(
-            functools.partial(
-                self.sync_session.scalar,
-                statement,
-                params,
-                execution_options=options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
+        return await self._runner.run(
+            STATEMENT,
+            self.sync_session.scalar,
+            statement,
+            params,
+            execution_options=options,
+            bind_arguments=bind_arguments,
+            **kw,
         )
 
     @overload
@@ -412,15 +421,14 @@ class AsyncSession:
         """Execute with a streaming cursor and return an :class:`AsyncResult`
         that fetches rows in chunks, one hop per chunk."""
         options = _merge_options(execution_options, _STREAM_OPTIONS)
-        result = await self._call(
-            functools.partial(
-                self.sync_session.execute,
-                statement,
-                params,
-                execution_options=options,
-                bind_arguments=bind_arguments,
-                **kw,
-            )
+        result = await self._runner.run(
+            STREAM,
+            self.sync_session.execute,
+            statement,
+            params,
+            execution_options=options,
+            bind_arguments=bind_arguments,
+            **kw,
         )
         return AsyncResult(result, self._runner)
 
@@ -480,17 +488,16 @@ class AsyncSession:
     ) -> _O | None:
         """Return the instance with this primary key, or ``None``; see
         :meth:`Session.get`.  No SQL if it is already in the identity map."""
-        return await self._call(
-            functools.partial(
-                self.sync_session.get,
-                entity,
-                ident,
-                options=options,
-                populate_existing=populate_existing,
-                with_for_update=with_for_update,
-                identity_token=identity_token,
-                execution_options=execution_options,
-            )
+        return await self._runner.run(
+            STATEMENT,
+            self.sync_session.get,
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
         )
 
     async def get_one(
@@ -506,17 +513,16 @@ class AsyncSession:
     ) -> _O:
         """Like :meth:`get`, raising :class:`~sqlalchemy.exc.NoResultFound`
         when there is no such row."""
-        return await self._call(
-            functools.partial(
-                self.sync_session.get_one,
-                entity,
-                ident,
-                options=options,
-                populate_existing=populate_existing,
-                with_for_update=with_for_update,
-                identity_token=identity_token,
-                execution_options=execution_options,
-            )
+        return await self._runner.run(
+            STATEMENT,
+            self.sync_session.get_one,
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
         )
 
     async def refresh(
@@ -527,13 +533,12 @@ class AsyncSession:
     ) -> None:
         """Reload the instance's attributes from the database (all, or
         ``attribute_names``), optionally ``SELECT ... FOR UPDATE``."""
-        await self._call(
-            functools.partial(
-                self.sync_session.refresh,
-                instance,
-                attribute_names=attribute_names,
-                with_for_update=with_for_update,
-            )
+        await self._runner.run(
+            STATEMENT,
+            self.sync_session.refresh,
+            instance,
+            attribute_names=attribute_names,
+            with_for_update=with_for_update,
         )
 
     async def merge(
@@ -545,13 +550,13 @@ class AsyncSession:
     ) -> _O:
         """Copy the state of ``instance`` onto the persistent instance with the
         same identity (loading it if needed) and return that one."""
-        return await self._call(
-            functools.partial(self.sync_session.merge, instance, load=load, options=options)
+        return await self._runner.run(
+            STATEMENT, self.sync_session.merge, instance, load=load, options=options
         )
 
     async def delete(self, instance: object) -> None:
         """Mark an instance deleted (cascades may load related rows, so this hops)."""
-        await self._call(self.sync_session.delete, instance)
+        await self._runner.run(STATEMENT, self.sync_session.delete, instance)
 
     if _HAS_21_API:
 
@@ -563,18 +568,17 @@ class AsyncSession:
             options: Sequence[ORMOption] | None = None,
         ) -> Sequence[_O]:
             """:meth:`merge` for each of ``instances``, in one hop."""
-            return await self._call(
-                functools.partial(
-                    self.sync_session.merge_all,
-                    instances,
-                    load=load,
-                    options=options,
-                )
+            return await self._runner.run(
+                STATEMENT,
+                self.sync_session.merge_all,
+                instances,
+                load=load,
+                options=options,
             )
 
         async def delete_all(self, instances: Iterable[object]) -> None:
             """:meth:`delete` for each of ``instances``, in one hop."""
-            await self._call(self.sync_session.delete_all, instances)
+            await self._runner.run(STATEMENT, self.sync_session.delete_all, instances)
 
     # -- pending changes (no connection: run in place when the worker is idle) ------
 
@@ -582,52 +586,34 @@ class AsyncSession:
 
         def add(self, instance: object, *, _warn: bool = True) -> None:
             """Place an instance in the session; see :meth:`Session.add`."""
-            self._post_adding(self.sync_session.add, (instance,), instance, _warn=_warn)
+            self._runner.run(LOCAL_ADD, self.sync_session.add, instance, _warn=_warn)
 
     else:
 
         def add(self, instance: object, _warn: bool = True) -> None:  # type: ignore[misc]
             """Place an instance in the session; see :meth:`Session.add`."""
-            self._post_adding(self.sync_session.add, (instance,), instance, _warn=_warn)
+            self._runner.run(LOCAL_ADD, self.sync_session.add, instance, _warn=_warn)
 
     def add_all(self, instances: Iterable[object]) -> None:
         """Add each of ``instances``; see :meth:`Session.add_all`."""
-        instances = list(instances)
-        self._post_adding(self.sync_session.add_all, instances, instances)
-
-    def _post_adding(
-        self, fn: Callable[..., None], instances: Sequence[object], *args: Any, **kw: Any
-    ) -> None:
-        """Run or queue an ``add``: in place, the sync Session checks the instances
-        itself; queued behind calls in flight, they are checked here first, so an
-        unmapped object fails at once rather than on the next awaited call."""
-        runner = self._runner
-        if runner.runs_inline:
-            fn(*args, **kw)
-            return
-        for instance in instances:
-            try:
-                inspect(instance)
-            except sa_exc.NoInspectionAvailable as err:
-                raise orm_exc.UnmappedInstanceError(instance) from err
-        runner.post(functools.partial(fn, *args, **kw))
+        self._runner.run(LOCAL_ADD, self.sync_session.add_all, list(instances))
 
     def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
         """Mark attributes of an instance as expired (reloaded on next access,
         which from async code means ``awaitable_attrs`` or ``refresh``)."""
-        self._runner.post(self.sync_session.expire, instance, attribute_names)
+        self._runner.run(LOCAL, self.sync_session.expire, instance, attribute_names)
 
     def expire_all(self) -> None:
         """Expire every instance in the session."""
-        self._runner.post(self.sync_session.expire_all)
+        self._runner.run(LOCAL, self.sync_session.expire_all)
 
     def expunge(self, instance: object) -> None:
         """Remove an instance from the session."""
-        self._runner.post(self.sync_session.expunge, instance)
+        self._runner.run(LOCAL, self.sync_session.expunge, instance)
 
     def expunge_all(self) -> None:
         """Remove every instance from the session."""
-        self._runner.post(self.sync_session.expunge_all)
+        self._runner.run(LOCAL, self.sync_session.expunge_all)
 
     def is_modified(self, instance: object, include_collections: bool = True) -> bool:
         """True if the instance has changes to flush; see :meth:`Session.is_modified`."""
@@ -635,7 +621,7 @@ class AsyncSession:
 
     async def flush(self, objects: Sequence[Any] | None = None) -> None:
         """Flush pending changes to the database."""
-        await self._call(functools.partial(self.sync_session.flush, objects=objects))
+        await self._runner.run(STATEMENT, self.sync_session.flush, objects=objects)
 
     # -- transactions ---------------------------------------------------------------
 
@@ -668,13 +654,12 @@ class AsyncSession:
 
     async def commit(self) -> None:
         """Flush and commit the current transaction."""
-        await self._call(self.sync_session.commit)
+        await self._runner.run(STATEMENT, self.sync_session.commit)
 
     async def rollback(self) -> None:
         """Roll back the current transaction (also clears the state left by a
         cancelled call)."""
-        await self._runner.run(self.sync_session.rollback)
-        self._runner.interrupted = False
+        await self._runner.run(ROLLBACK, self.sync_session.rollback)
 
     async def connection(
         self,
@@ -684,13 +669,12 @@ class AsyncSession:
     ) -> AsyncConnection:
         """The :class:`AsyncConnection` of this session's transaction; it runs on
         the session's worker thread."""
-        sync_conn = await self._call(
-            functools.partial(
-                self.sync_session.connection,
-                bind_arguments=bind_arguments,
-                execution_options=execution_options,
-                **kw,
-            )
+        sync_conn = await self._runner.run(
+            STATEMENT,
+            self.sync_session.connection,
+            bind_arguments=bind_arguments,
+            execution_options=execution_options,
+            **kw,
         )
         return self._async_connection(sync_conn)
 
@@ -703,10 +687,7 @@ class AsyncSession:
         """Run ``fn(sync_session, *arg, **kw)`` on this session's worker thread
         and return its result; the way to run existing sync code (lazy loads
         included) from async code."""
-        runner = self._runner
-        if runner.interrupted:
-            raise self._rollback_required()
-        return await runner.run_marked(functools.partial(fn, self.sync_session, *arg, **kw))
+        return await self._runner.run(USER, fn, self.sync_session, *arg, **kw)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -714,17 +695,9 @@ class AsyncSession:
         """Close the session: release its connection and transaction, expunge
         every object, and give its worker thread back.  A cancellation cannot
         interrupt closing.  The session can be used again afterwards."""
-        runner = self._runner
-        sync = self.sync_session
-        if runner.worker is None or (
-            runner.idle and not sync.in_transaction() and not runner.on_own_thread()
-        ):
-            try:
-                sync.close()  # nothing to release on a connection: no hop
-            finally:
-                self._give_back_worker()
-        else:
-            await self._end_with(_close_or_invalidate, sync)
+        await self._runner.run(
+            self._end_kind(quiet_when_idle=True), _close_or_invalidate, self.sync_session
+        )
 
     async def aclose(self) -> None:
         """Same as :meth:`close`, for :func:`contextlib.aclosing`."""
@@ -732,27 +705,11 @@ class AsyncSession:
 
     async def reset(self) -> None:
         """Close, and reset the session to its initial state; see :meth:`Session.reset`."""
-        await self._end_with(self.sync_session.reset)
+        await self._runner.run(self._end_kind(), self.sync_session.reset)
 
     async def invalidate(self) -> None:
         """Close, invalidating the connections instead of returning them to the pool."""
-        await self._end_with(self.sync_session.invalidate)
-
-    async def _end_with(self, fn: Callable[..., Any], /, *args: Any) -> None:
-        """Run a closing call on the worker (a cancellation waits for it), then
-        give the worker back whatever happened."""
-        try:
-            await self._runner.run_shielded(fn, *args)
-        finally:
-            self._give_back_worker()
-
-    def _give_back_worker(self) -> None:
-        """After closing: no cancelled call's state is left, and the worker and
-        its slot go back (unless the session borrows an AsyncConnection's)."""
-        self._runner.interrupted = False
-        self._async_connections.clear()
-        if self._owns_runner:
-            self._runner.release()
+        await self._runner.run(self._end_kind(), self.sync_session.invalidate)
 
     @classmethod
     async def close_all(cls) -> None:
@@ -850,8 +807,13 @@ class AsyncSession:
 
     @property
     def bind(self) -> Any:
-        """The bind this session was created with."""
-        return self._bind
+        """The :class:`AsyncEngine` or :class:`AsyncConnection` this session is bound
+        to: the sync session's bind, translated back into the async object it was
+        established from (SQLAlchemy 2.1; on 2.0, the bind it was created with)."""
+        if not _HAS_21_API:
+            return self._bind
+        sync_bind = self.sync_session.bind
+        return None if sync_bind is None else self._translate_for_bind(sync_bind)
 
     @bind.setter
     def bind(self, value: Any) -> None:
@@ -967,7 +929,7 @@ class _AsyncSessionContextManager(Generic[_AS]):
 class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
     """A transaction of an :class:`AsyncSession`; see :meth:`AsyncSession.begin`."""
 
-    __slots__ = ("nested", "session", "sync_transaction")
+    __slots__ = ("__weakref__", "nested", "session", "sync_transaction")
 
     def __init__(self, session: AsyncSession, nested: bool = False):
         self.session = session
@@ -976,9 +938,14 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
 
     @classmethod
     def _wrap(cls, session: AsyncSession, trans: SessionTransaction) -> AsyncSessionTransaction:
-        wrapped = cls(session, trans.nested)
-        wrapped.sync_transaction = trans
-        return wrapped
+        """The one AsyncSessionTransaction of ``trans`` (made on first use)."""
+
+        def make() -> AsyncSessionTransaction:
+            wrapped = cls(session, trans.nested)
+            wrapped.sync_transaction = trans
+            return wrapped
+
+        return _proxy_for(trans, make)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -1006,32 +973,25 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
         """Roll back this transaction.  Rolling back the root transaction clears the
         state a cancelled call left; rolling back to a savepoint does not (SQLite may
         already have rolled back the whole transaction)."""
-        await self.session._runner.run(self._sync().rollback)
-        _rolled_back(self.session._runner, self.nested)
+        kind = SAVEPOINT_ROLLBACK if self.nested else ROLLBACK
+        await self.session._runner.run(kind, self._sync().rollback)
 
     async def commit(self) -> None:
         """Commit this transaction."""
-        await self.session._call(self._sync().commit)
+        await self.session._runner.run(STATEMENT, self._sync().commit)
 
     async def start(self, is_ctxmanager: bool = False) -> AsyncSessionTransaction:
         """Begin the transaction on the session's worker."""
         sync = self.session.sync_session
         begin = sync.begin_nested if self.nested else sync.begin
-        self.sync_transaction = await self.session._call(begin)
-        if is_ctxmanager:
-            self.sync_transaction.__enter__()
+        trans = await self.session._runner.run(STATEMENT, _begin, begin, is_ctxmanager)
+        self.sync_transaction = trans
+        _register_proxy(trans, self)
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        session = self.session
-        await _exit_transaction(
-            session._runner,
-            self._sync(),
-            self.nested,
-            type_,
-            value,
-            traceback,
-            session._rollback_required,
+        await self.session._runner.exit_block(
+            self.nested, self._sync().__exit__, type_, value, traceback
         )
 
     if _HAS_21_API:
@@ -1156,7 +1116,7 @@ def _load_attribute(instance: Any, name: str) -> Any:
     session = async_session(state.session) if state.session is not None else None
     if session is None or name not in state.unloaded:
         return _ready(getattr, instance, name)
-    return session._call(getattr, instance, name)
+    return session._runner.run(STATEMENT, getattr, instance, name)
 
 
 async def _ready(fn: Callable[..., _T], *args: Any) -> _T:
@@ -1198,8 +1158,18 @@ def async_object_session(instance: object) -> AsyncSession | None:
 
 def async_session(session: Session) -> AsyncSession | None:
     """The :class:`AsyncSession` running this sync :class:`Session`, or ``None``."""
-    ref = session.__dict__.get(_PROXY)
-    return ref() if ref is not None else None
+    return _proxy_lookup(session)
+
+
+def _proxy_lookup(session: Session) -> AsyncSession | None:
+    from .engine import _proxies
+
+    ref = _proxies.get(session)
+    found = ref() if ref is not None else None
+    return found if isinstance(found, AsyncSession) else None
+
+
+_sa_compat.set_async_session_provider(async_session)
 
 
 async def close_all_sessions() -> None:

@@ -50,9 +50,11 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], int]:
     counts: dict[int, int] = {}
     original = _worker.Runner.run
 
-    async def counting_run(self: _worker.Runner, fn: Callable[..., Any], /, *args: Any) -> Any:
+    def counting_run(
+        self: _worker.Runner, kind: _worker.Kind, fn: Callable[..., Any], /, *args: Any, **kw: Any
+    ) -> Any:
         counts[id(self)] = counts.get(id(self), 0) + 1
-        return await original(self, fn, *args)
+        return original(self, kind, fn, *args, **kw)
 
     monkeypatch.setattr(_worker.Runner, "run", counting_run)
     return lambda owner: counts.get(id(owner._runner), 0)

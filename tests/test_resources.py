@@ -91,8 +91,8 @@ async def test_a_thousand_tasks_against_a_pool_of_ten_all_succeed_within_capacit
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}  # writers queue on SQLite's one lock
     engine = async_orm.create_async_engine(
-        url, pool_size=10, max_overflow=0, pool_timeout=2, **kwargs
-    )
+        url, pool_size=10, max_overflow=0, pool_timeout=120, **kwargs
+    )  # the slot wait is the pool's pool_timeout: the thousand queue on the loop
     if engine.dialect.name == "sqlite":
         # read-then-write transactions on SQLite need BEGIN IMMEDIATE (SQLAlchemy's
         # pysqlite recipe), or concurrent upgrades fail with "database is locked"

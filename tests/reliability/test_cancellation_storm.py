@@ -34,7 +34,7 @@ import pytest
 from sqlalchemy import event, insert, text
 
 import async_orm
-from async_orm import _worker
+from async_orm import _interrupt, _worker
 from tests.reliability._support import Row, rows_per_request
 from tests.reliability.conftest import EngineFactory
 
@@ -350,7 +350,7 @@ LONGER = {
 
 
 async def test_a_late_interrupt_never_reaches_a_later_statement(
-    make_engine: EngineFactory, backend: str
+    make_engine: EngineFactory, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The canceller checks that the cancelled call still runs, then interrupts the
     statement on its thread.  If the canceller is delayed between the two (a GIL
@@ -386,17 +386,15 @@ async def test_a_late_interrupt_never_reaches_a_later_statement(
         await asyncio.to_thread(second_started.wait, 1.0)
         go.set()
 
+    original = _interrupt.interrupt_connection
+
+    def delayed_hook(dbapi_connection: Any) -> None:
+        hook_entered.set()
+        go.wait(10)
+        original(dbapi_connection)
+
+    monkeypatch.setattr(_interrupt, "interrupt_connection", delayed_hook)
     async with async_orm.AsyncSession(engine) as session:
-        runner = session._runner  # the session's hook into the thread boundary
-        original = runner.interrupt
-        assert original is not None
-
-        def delayed_hook(thread_ident: int) -> None:
-            hook_entered.set()
-            go.wait(10)
-            original(thread_ident)
-
-        runner.interrupt = delayed_hook
         first = asyncio.create_task(session.execute(text(SHORTISH[backend])))
         assert await asyncio.to_thread(first_started.wait, 10)
         first.cancel()

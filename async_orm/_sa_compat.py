@@ -1,0 +1,221 @@
+"""Every private SQLAlchemy and asyncio name async_orm touches, in one place.
+
+SQLAlchemy's ``ext/asyncio`` reaches into the sync objects it wraps; so does
+async_orm.  Each touchpoint is a small function or a name listed here, and
+``tests/test_sa_compat.py`` checks every one of them against the installed
+SQLAlchemy, so an upgrade has one file to read and one test to run.
+
+The result views (:mod:`async_orm.result`) subclass SQLAlchemy's
+``FilterResult`` and use its private row machinery directly, on the hot path;
+the names they rely on are listed in :data:`RESULT_INTERNALS` and checked here at
+import time instead of being wrapped in functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final
+
+from sqlalchemy.engine import Connection, Engine, Result
+from sqlalchemy.engine.cursor import CursorResult, FullyBufferedCursorFetchStrategy
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import state as _orm_state
+from sqlalchemy.pool import Pool, QueuePool
+
+#: asyncio's C-level "is a loop running on this thread" (one C call, no exception)
+get_running_loop: Final[Callable[[], asyncio.AbstractEventLoop | None]] = asyncio._get_running_loop
+
+
+# --------------------------------------------------------------------------
+# pools
+
+
+def pool_capacity(pool: Pool) -> int | None:
+    """How many connections ``pool`` hands out at once, or ``None`` for no bound
+    (NullPool, QueuePool with ``max_overflow=-1``)."""
+    if isinstance(pool, QueuePool):
+        size = pool.size()
+        overflow: int = pool._max_overflow
+        if size <= 0 or overflow < 0:
+            return None
+        return max(1, size + overflow)
+    from sqlalchemy.pool import AssertionPool, SingletonThreadPool, StaticPool
+
+    if isinstance(pool, (StaticPool, AssertionPool)):
+        return 1
+    if isinstance(pool, SingletonThreadPool):
+        return max(1, pool.size)
+    return None
+
+
+_NOT_GIVEN: Final = object()
+
+
+def pool_timeout(pool: Pool) -> float | object | None:
+    """The pool's own checkout timeout (``pool_timeout=``), ``None`` for "wait as
+    long as it takes", or :data:`_NOT_GIVEN` for pools that never wait."""
+    if isinstance(pool, QueuePool):
+        timeout: float | None = pool._timeout
+        return timeout
+    return _NOT_GIVEN
+
+
+def wrap_pool_connect(pool: Pool, before: Callable[[Pool], None], marker: str) -> None:
+    """Make ``pool.connect()`` call ``before(pool)`` first (once per pool instance).
+
+    ``Engine.raw_connection()`` (and so every ``Connection``, reconnects included)
+    checks out through ``pool.connect()``: this is the one door before a checkout,
+    where no pool event exists."""
+    if pool.__dict__.get(marker):
+        return
+    connect = pool.connect
+
+    def guarded_connect() -> Any:
+        before(pool)
+        return connect()
+
+    pool.__dict__["connect"] = guarded_connect
+    pool.__dict__[marker] = True
+
+
+# --------------------------------------------------------------------------
+# dialects: the one place every Core statement and COMMIT reaches the driver
+
+DIALECT_IO_METHODS: Final = ("do_execute", "do_executemany", "do_execute_no_params", "do_commit")
+
+
+def wrap_dialect_io(
+    dialect: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Replace the dialect instance's driver-facing methods by ``wrap(method)``."""
+    for name in DIALECT_IO_METHODS:
+        setattr(dialect, name, wrap(getattr(dialect, name)))
+
+
+# --------------------------------------------------------------------------
+# sessions
+
+
+def override_session_method(
+    session: Session, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Shadow one method of one Session instance (``_execute_internal``, ``flush``,
+    ``commit``, ``get_bind``) by ``make(bound original)``: SQLAlchemy calls them as
+    ``self.<name>(...)``, so the instance attribute wins, with no subclass."""
+    session.__dict__[name] = make(getattr(session, name))
+
+
+def session_has_changes(session: Session) -> bool:
+    """True when a flush of ``session`` would send something (``Session._is_clean``)."""
+    return not session._is_clean()
+
+
+#: the Session method every ORM statement (execute, get, lazy load, refresh) goes through
+SESSION_EXECUTE: Final = "_execute_internal"
+
+
+def set_async_session_provider(provider: Callable[[Session], Any]) -> None:
+    """Make ``inspect(obj).async_session`` answer through ``provider``, falling back
+    to SQLAlchemy's own ``sqlalchemy.ext.asyncio`` provider when one is installed."""
+    previous = getattr(_orm_state, "_async_provider", None)
+    if getattr(previous, "_async_orm", False):
+        return
+
+    def provide(session: Session) -> Any:
+        found = provider(session)
+        if found is None and previous is not None:
+            return previous(session)
+        return found
+
+    provide._async_orm = True  # type: ignore[attr-defined]
+    _orm_state._async_provider = provide  # type: ignore[attr-defined]
+
+
+def refuse_inspection(cls: type, message: str) -> None:
+    """Make ``sqlalchemy.inspect(obj)`` of a ``cls`` instance raise
+    NoInspectionAvailable with ``message`` (``inspection._inspects``)."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import inspection
+
+    @inspection._inspects(cls)
+    def refuse(subject: Any) -> Any:
+        raise sa_exc.NoInspectionAvailable(message)
+
+
+# --------------------------------------------------------------------------
+# results
+
+
+def is_server_side(result: CursorResult[Any]) -> bool:
+    """True when ``result`` holds a server-side (streaming) cursor."""
+    return bool(result.context._is_server_side)
+
+
+def buffer_cursor_result(result: CursorResult[Any]) -> None:
+    """Fetch every row of ``result`` now (on the worker) and soft-close its DBAPI
+    cursor, so reading it later touches neither the driver nor the connection."""
+    cursor = result.cursor
+    if cursor is None or not result.returns_rows:
+        return
+    strategy = result.cursor_strategy
+    rows = strategy.fetchall(result, cursor)
+    result.cursor_strategy = FullyBufferedCursorFetchStrategy(
+        None,
+        alternate_description=strategy.alternate_cursor_description,
+        initial_buffer=rows,
+    )
+
+
+def raw_cursor_result(result: Result[Any]) -> CursorResult[Any] | None:
+    """The CursorResult under an ORM result (``Result.raw``), if any."""
+    return getattr(result, "raw", None)
+
+
+#: private members of SQLAlchemy's Result machinery that async_orm.result uses
+RESULT_INTERNALS: Final = {
+    Result: (
+        "_metadata",
+        "_unique_filter_state",
+        "_source_supports_scalars",
+        "_yield_per",
+        "_row_getter",
+        "_manyrow_getter",
+        "_fetchmany_impl",
+        "_allrows",
+        "_only_one_row",
+        "_column_slices",
+        "_set_memoized_attribute",
+        "_generate",
+        "_post_creational_filter",
+    ),
+}
+
+
+def missing_internals() -> list[str]:
+    """The names of :data:`RESULT_INTERNALS` (and the other touchpoints) that the
+    installed SQLAlchemy lacks; empty when everything is where it is expected."""
+    missing = []
+    for cls, names in RESULT_INTERNALS.items():
+        for name in names:
+            if not hasattr(cls, name) and name not in getattr(cls, "__annotations__", {}):
+                missing.append(f"{cls.__name__}.{name}")
+    for owner, name in (
+        (Session, SESSION_EXECUTE),
+        (Session, "_is_clean"),
+        (QueuePool, "_max_overflow"),
+        (QueuePool, "_timeout"),
+        (Engine, "raw_connection"),
+        (Connection, "_trans_context_manager"),
+        (_orm_state, "_async_provider"),
+        (asyncio, "_get_running_loop"),
+    ):
+        if (
+            isinstance(owner, type)
+            and name.startswith("_")
+            and name in ("_max_overflow", "_timeout")
+        ):
+            continue  # instance attributes: checked on an instance by the tests
+        if not hasattr(owner, name):
+            missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+    return missing

@@ -1,0 +1,99 @@
+"""Every private SQLAlchemy / asyncio name async_orm touches exists where
+``async_orm/_sa_compat.py`` says, on the installed SQLAlchemy: one test per
+touchpoint, so an upgrade that moves one fails here, by name."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, state
+from sqlalchemy.pool import QueuePool
+
+import async_orm
+from async_orm import _sa_compat
+
+
+@pytest.mark.parametrize(
+    "name", [name for names in _sa_compat.RESULT_INTERNALS.values() for name in names]
+)
+def test_result_machinery_name_exists(name: str) -> None:
+    assert hasattr(sa.engine.Result, name) or name in sa.engine.Result.__annotations__
+
+
+def test_nothing_listed_is_missing() -> None:
+    assert _sa_compat.missing_internals() == []
+
+
+def test_asyncio_running_loop_probe() -> None:
+    assert _sa_compat.get_running_loop() is None
+
+    async def inside() -> Any:
+        return _sa_compat.get_running_loop()
+
+    assert asyncio.run(inside()) is not None
+
+
+def test_queuepool_capacity_and_timeout_are_read_from_the_pool() -> None:
+    engine = sa.create_engine(
+        "sqlite://", poolclass=QueuePool, pool_size=3, max_overflow=2, pool_timeout=7
+    )
+    assert _sa_compat.pool_capacity(engine.pool) == 5
+    assert _sa_compat.pool_timeout(engine.pool) == 7
+    unbounded = sa.create_engine("sqlite://", poolclass=QueuePool, max_overflow=-1)
+    assert _sa_compat.pool_capacity(unbounded.pool) is None
+    engine.dispose()
+    unbounded.dispose()
+
+
+def test_pool_connect_is_the_door_before_every_checkout(tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    seen: list[Any] = []
+    _sa_compat.wrap_pool_connect(engine.pool, seen.append, "_test_marker")
+    _sa_compat.wrap_pool_connect(engine.pool, seen.append, "_test_marker")  # idempotent
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+    raw = engine.raw_connection()
+    raw.close()
+    assert seen == [engine.pool, engine.pool]
+    engine.dispose()
+
+
+def test_dialect_io_methods_exist() -> None:
+    dialect = sa.create_engine("sqlite://").dialect
+    for name in _sa_compat.DIALECT_IO_METHODS:
+        assert callable(getattr(dialect, name))
+
+
+def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    session = Session(engine)
+    calls: list[str] = []
+
+    def spy(name: str) -> Any:
+        def make(original: Any) -> Any:
+            def wrapper(*args: Any, **kw: Any) -> Any:
+                calls.append(name)
+                return original(*args, **kw)
+
+            return wrapper
+
+        return make
+
+    for name in (_sa_compat.SESSION_EXECUTE, "get_bind", "flush", "commit"):
+        _sa_compat.override_session_method(session, name, spy(name))
+    session.execute(sa.text("select 1"))
+    session.commit()
+    assert calls[:2] == [_sa_compat.SESSION_EXECUTE, "get_bind"]
+    assert "commit" in calls and "flush" in calls
+    assert _sa_compat.session_has_changes(session) is False
+    session.close()
+    engine.dispose()
+
+
+def test_inspect_async_session_is_answered_by_async_orm() -> None:
+    assert getattr(state, "_async_provider", None) is not None
+    assert getattr(state._async_provider, "_async_orm", False)
+    assert async_orm.AsyncSession  # the provider is installed at import
