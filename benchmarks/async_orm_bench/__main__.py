@@ -1,4 +1,4 @@
-"""``python -m async_orm._bench``: the same as ``python -m async_orm bench``."""
+"""``python -m async_orm_bench``: run the benchmark suite (``--help`` for the flags)."""
 
 from __future__ import annotations
 

@@ -929,7 +929,7 @@ def without_async_orm_session_listeners() -> Iterator[int]:
     names = [n for n in dir(SessionEvents) if not n.startswith("_")]
     removed: list[tuple[str, Callable[..., Any]]] = []
     for modname, module in list(sys.modules.items()):
-        if module is None or not modname.startswith("async_orm") or "._bench" in modname:
+        if module is None or modname.split(".")[0] != "async_orm":
             continue
         for obj in list(vars(module).values()):
             if not callable(obj) or getattr(obj, "__module__", None) != modname:

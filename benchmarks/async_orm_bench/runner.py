@@ -22,7 +22,7 @@ from .contestants import Contestant
 from .measure import Spec
 
 PRELOAD = [
-    "async_orm._bench.measure",
+    "async_orm_bench.measure",
     "sqlalchemy.ext.asyncio",
     "sqlalchemy.dialects.sqlite",
     "sqlalchemy.dialects.postgresql",

@@ -1,11 +1,13 @@
-"""``python -m async_orm bench``: parse the flags, prepare the data, run, report."""
+"""``python -m async_orm_bench``: parse the flags, prepare the data, run, report, save."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import importlib.metadata
+import io
 import os
 import platform
 import shutil
@@ -13,13 +15,22 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 from sqlalchemy.engine import make_url
 
 from . import models
-from .contestants import BY_NAME, CONTESTANTS, SYNC_DRIVERS, missing_modules, unavailable_reason
+from .contestants import (
+    BY_NAME,
+    CONTESTANTS,
+    INSTALL,
+    SYNC_DRIVERS,
+    missing_modules,
+    unavailable_reason,
+)
 from .measure import WORKLOADS
-from .report import Json, evaluate, read_json, summarize, table, write_json
+from .report import Json, evaluate, read_json, run_name, summarize, table, targets_rst, write_json
 from .runner import Case, Plan, Progress, execute
 
 
@@ -52,7 +63,7 @@ PRESETS = {
         requests=40,
         deadline=5.0,
     ),
-    # `python -m async_orm bench`: every workload, shorter, well under a minute on SQLite.
+    # `python -m async_orm_bench`: every workload, shorter, well under a minute on SQLite.
     "default": Preset(
         repeats=3,
         rows=10_000,
@@ -66,7 +77,7 @@ PRESETS = {
         deadline=3.0,
         heavy_repeats=2,
     ),
-    # The suite of issue 6 (benchmarks/run.py): full sizes; many short repeats, so that the
+    # The full suite (what the docs show): full sizes; many short repeats, so that the
     # two halves of each paired ratio run seconds apart on a machine whose load drifts.
     "full": Preset(
         repeats=9,
@@ -97,17 +108,18 @@ def _names(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m async_orm bench",
+        prog="python -m async_orm_bench",
         description=(
             "Benchmark async_orm against a plain sync Session, sqlalchemy.ext.asyncio and "
             "per-call thread offloading. Default: a short run on a throwaway SQLite file."
         ),
         epilog=(
             "examples:\n"
-            "  python -m async_orm bench\n"
-            "  python -m async_orm bench --url postgresql+psycopg://user@localhost/db\n"
-            "  python -m async_orm bench --full --json out.json --plots out/\n"
-            "  python -m async_orm bench --quick --workloads pk_get,hop\n"
+            "  python -m async_orm_bench\n"
+            "  python -m async_orm_bench --url postgresql+psycopg://user@localhost/db\n"
+            "  python -m async_orm_bench --full --json out.json --plots out/\n"
+            "  python -m async_orm_bench --full --save   # the results the docs show\n"
+            "  python -m async_orm_bench --quick --workloads pk_get,hop\n"
             f"workloads: {', '.join(WORKLOADS)}\n"
             f"contestants: {', '.join(c.name for c in CONTESTANTS)}"
         ),
@@ -116,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="database URL (sync or async driver); default: SQLite file")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke-run sizes (seconds, for CI)")
-    size.add_argument("--full", action="store_true", help="the full suite of issue 6")
+    size.add_argument("--full", action="store_true", help="the full suite (what the docs show)")
     p.add_argument("--workloads", type=_names, help="comma-separated subset of workloads")
     p.add_argument("--contestants", type=_names, help="comma-separated subset of contestants")
     p.add_argument("--repeats", type=int, help="interleaved repeats per measurement")
@@ -156,6 +168,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
     p.add_argument("--report", metavar="JSON", help="only print/plot an earlier run's JSON")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="write the run into benchmarks/results/ (JSON, table, plots) and refresh the "
+        "targets table of docs/benchmarks.rst; with --report, re-render a saved run there",
+    )
     p.add_argument("--list", action="store_true", help="list contestants and whether they run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     return p
@@ -402,7 +420,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def _plots(data: Json, outdir: str) -> None:
     if missing_modules(("matplotlib",)):
-        print("note: no plots: pip install matplotlib (or 'async_orm[bench]')", file=sys.stderr)
+        print(f"note: no plots: {INSTALL}", file=sys.stderr)
         return
     from .plots import plot
 
@@ -410,13 +428,80 @@ def _plots(data: Json, outdir: str) -> None:
         print(f"wrote {path}")
 
 
+#: Where ``--save`` writes: ``benchmarks/results/`` of the checkout this package runs from.
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+#: The runs whose targets docs/benchmarks.rst tabulates, in the table's order.
+SAVED_RUNS = ("sqlite", "postgresql", "sqlite-1cpu", "postgresql-1cpu")
+
+
+class _Tee(io.TextIOBase):
+    """Everything written goes to each of ``streams``."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def save(argv: list[str]) -> int:
+    """``--save``: run (or, with ``--report``, re-render) and write into :data:`RESULTS`.
+
+    Per run, named by :func:`.report.run_name` (``sqlite``, ``postgresql-1cpu``, ...):
+    ``<name>.json`` (every measurement), ``<name>.txt`` (the printed tables) and
+    ``<name>-*.png``; then ``targets.inc``, the targets of every saved run as the table that
+    docs/benchmarks.rst includes.
+    """
+    args = parser().parse_args(argv)
+    if not RESULTS.is_dir():
+        print(
+            f"--save writes into {RESULTS}, which does not exist: install this package "
+            "from an async_orm checkout (pip install -e ./benchmarks)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json or args.plots:
+        print("--save chooses where JSON and plots go: drop --json and --plots", file=sys.stderr)
+        return 2
+    rest = [a for a in argv if a != "--save"]
+    if args.report:
+        name = run_name(read_json(args.report)["meta"])
+    else:
+        backend = models.backend_of(args.url) if args.url else "sqlite"
+        name = run_name({"backend": backend, "cpus": list(args.cpus or [])})
+        rest += ["--json", str(RESULTS / f"{name}.json")]
+    rest += ["--plots", str(RESULTS)]
+    txt = RESULTS / f"{name}.txt"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+        rc = run(rest)
+    if rc == 2:  # refused before running: keep what was saved
+        return rc
+    lines = printed.getvalue().splitlines(keepends=True)
+    txt.write_text("".join(x for x in lines if not x.startswith("wrote ")))
+    print(f"wrote {txt}")
+    saved = [RESULTS / f"{n}.json" for n in SAVED_RUNS]
+    runs = [read_json(str(path)) for path in saved if path.exists()]
+    inc = RESULTS / "targets.inc"
+    inc.write_text(targets_rst(runs) if runs else "(no results yet)\n")
+    print(f"wrote {inc}")
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m async_orm bench``; returns the process exit code."""
+    """Entry point of ``python -m async_orm_bench``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(argv)
+        return save(argv) if "--save" in argv else run(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
 
 
-__all__ = ["PRESETS", "Preset", "main", "run"]
+__all__ = ["PRESETS", "Preset", "main", "run", "save"]

@@ -1,4 +1,4 @@
-"""Who competes: the contestants of issue 6 and what each one needs installed.
+"""Who competes: the contestants and what each one needs installed.
 
 Every contestant belongs to one *family*, which decides how the shared workloads call it:
 
@@ -23,7 +23,8 @@ from typing import Literal
 
 Family = Literal["sync", "async_api", "offload"]
 
-BENCH_EXTRA = "pip install 'async_orm[bench]'"
+#: How to install every optional package of the suite (peers' drivers, greenlet, matplotlib).
+INSTALL = "pip install -e ./benchmarks (in an async_orm checkout)"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ CONTESTANTS: tuple[Contestant, ...] = (
         "async_api",
         frozenset({"sqlite"}),
         ("greenlet", "aiosqlite"),
-        BENCH_EXTRA,
+        INSTALL,
         "sqlite+aiosqlite",
     ),
     Contestant(
@@ -63,7 +64,7 @@ CONTESTANTS: tuple[Contestant, ...] = (
         "async_api",
         frozenset({"postgresql"}),
         ("greenlet", "psycopg"),
-        BENCH_EXTRA,
+        INSTALL,
         "postgresql+psycopg_async",
     ),
     Contestant(
@@ -72,7 +73,7 @@ CONTESTANTS: tuple[Contestant, ...] = (
         "async_api",
         frozenset({"postgresql"}),
         ("greenlet", "asyncpg"),
-        BENCH_EXTRA,
+        INSTALL,
         "postgresql+asyncpg",
     ),
     Contestant(

@@ -1,4 +1,4 @@
-"""From raw records to medians, paired ratios, the issue 6 targets, a table and JSON."""
+"""From raw records to medians, paired ratios, the targets, a table and JSON."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def table(data: Json) -> str:
         lines.append(f"== {case_key}: {describe(first['workload'], first['size'], meta)}")
         is_conc = first["workload"] == "concurrent"
         is_stream = first["workload"] == "stream"
-        head = f"  {'contestant':<36}{'median':>12} {'unit':<12}{'spread':>8}{'vs sync':>9}"
+        head = f"  {'contestant':<36}{'median':>12} {'unit':<12}{'spread':>10}{'vs sync':>9}"
         head += f"{'async_orm is':>13}"
         if is_conc:
             head += f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'threads':>8}{'RSS MB':>8}"
@@ -302,7 +302,13 @@ def table(data: Json) -> str:
                 lines.append(f"  {label:<36}{'-':>12} {why[:90]}")
                 continue
             med = e["median"]
-            spread = (e["max"] - e["min"]) / med * 100 if med else 0.0
+            # half of max - min, in % of the median; one value has no spread to show
+            if len(e["values"]) == 1:
+                spread = "1 repeat"
+            elif med:
+                spread = f"±{(e['max'] - e['min']) / med * 50:.0f}%"
+            else:
+                spread = "-"
             vs_sync = None
             if name != "sync" and first["workload"] not in ("hop", "hops_per_request"):
                 vs_sync = paired_ratio(records, case_key, name, "sync")
@@ -313,7 +319,7 @@ def table(data: Json) -> str:
                     ao = 1 / ao if ao else None
             row = (
                 f"  {label:<36}{_fmt(med, 2):>12} {e['unit']:<12}"
-                f"{'±' + format(spread / 2, '.0f') + '%':>8}{_ratio(vs_sync):>9}"
+                f"{spread:>10}{_ratio(vs_sync):>9}"
                 f"{_ratio(ao):>13}"
             )
             x = e["extras"]
@@ -331,7 +337,7 @@ def table(data: Json) -> str:
                 row += "  " + ", ".join(f"{k} {v:g}" for k, v in x["steps"].items())
             lines.append(row)
     lines.append("")
-    lines.append("== targets (issue 6); ratios are medians of per-repeat pairs")
+    lines.append("== targets; ratios are medians of per-repeat pairs")
     for t in data["targets"]:
         op = t["op"]
         thr = t["threshold"]
