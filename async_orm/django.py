@@ -25,7 +25,7 @@ In a view::
         ...
 
 The request's session is keyed on :data:`async_orm.scopes.local_scope` (an
-:class:`asgiref.local.Local`), so a sync function called through
+``asgiref.local.Local``), so a sync function called through
 ``sync_to_async`` (or a sync view) gets the *same* session from
 :func:`current_session`, and can run sync SQLAlchemy code on that session's
 worker thread with :func:`run_in_session`.
