@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
@@ -112,6 +112,16 @@ class AsyncCommon(FilterResult[_R]):
     def _chunk(self, size: int | None) -> int:
         return size or self._real_result._yield_per or DEFAULT_CHUNK
 
+    def _unique_chunk(self) -> int | None:
+        """Rows per hop under unique().  An ORM result on a server-side cursor refuses
+        sized fetches once unique() is applied ("Can't use the ORM yield_per feature in
+        conjunction with unique()"); without a yield_per of the user's, it is read whole
+        in one hop (None: all rows), as SQLAlchemy's own async for reads it."""
+        real = self._real_result
+        if getattr(real, "dynamic_yield_per", False) and not real._yield_per:
+            return None
+        return self._chunk(None)
+
     def _finish(self, row: Any) -> Any:
         """Turn one buffered row into what this result hands out.  The first call
         memoizes the function for this result in its ``__dict__``, where it shadows
@@ -148,7 +158,11 @@ class AsyncCommon(FilterResult[_R]):
         rows: Sequence[Any]
         if self._unique_filter_state:
             # de-duplicating needs the built rows: build and filter them on the worker
-            rows = await runner.run(self._manyrow_getter, self, self._chunk(None))
+            size = self._unique_chunk()
+            if size is None:
+                rows = await runner.run(self._allrows)
+            else:
+                rows = await runner.run(self._manyrow_getter, self, size)
         else:
             rows = await runner.run(self._fetchmany_impl, self._chunk(None))
         if not rows:
@@ -328,12 +342,22 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return await self._one_row(False, False, True)
 
     async def freeze(self) -> FrozenResult[Unpack[_Ts]]:
-        """A :class:`FrozenResult` of the remaining rows, built on the worker."""
+        """A :class:`FrozenResult` of the remaining rows, built on the worker: the rows
+        this result would hand out, with its :meth:`columns` and :meth:`unique`
+        applied, as SQLAlchemy's ``freeze()`` gives them."""
         if self._buffer:
             raise sa_exc.InvalidRequestError(
-                "freeze() must be called before rows are fetched from this AsyncResult."
+                "freeze() was called on an AsyncResult that has already fetched rows it "
+                "has not handed out yet, and a frozen result must hold every row. Call "
+                "freeze() before reading rows, e.g. (await session.stream(stmt)).freeze()."
             )
-        return await self._get_runner().run(FrozenResult, self._real_result)
+        # FrozenResult reads this result's reduced metadata and its filtered rows
+        # (_allrows), or for an ORM entity result the raw rows (_raw_row_iterator)
+        return await self._get_runner().run(FrozenResult, self)
+
+    def _raw_row_iterator(self) -> Iterator[Any]:
+        """The source's raw rows, for :class:`FrozenResult`; runs on the worker."""
+        return self._real_result._raw_row_iterator()
 
     @overload
     def scalars(
