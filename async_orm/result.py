@@ -171,7 +171,10 @@ class AsyncCommon(FilterResult[_R]):
         return True
 
     async def _anext(self) -> _R:
-        """The views' ``__anext__``, written once."""
+        """The views' ``__anext__``, written once.  Each view binds this very function
+        as its ``__anext__`` (a wrapper would cost a coroutine frame per row) and declares
+        its row type for type checkers under ``TYPE_CHECKING``, where an assignment from
+        ``AsyncCommon`` would leave the row type unknown."""
         buffer = self._buffer
         if buffer or await self._fill():  # the common case: no hop, no extra coroutine
             return self._finish(buffer.popleft())  # type: ignore[no-any-return]
@@ -315,7 +318,12 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
     def __aiter__(self) -> AsyncResult[Unpack[_Ts]]:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> Row[Unpack[_Ts]]: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> Row[Unpack[_Ts]] | None:
         """The first row or ``None``; closes the result."""
@@ -427,7 +435,12 @@ class AsyncScalarResult(AsyncCommon[_R]):
     def __aiter__(self) -> AsyncScalarResult[_R]:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> _R: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> _R | None:
         """The first value or ``None``; closes the result."""
@@ -494,7 +507,12 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
     def __aiter__(self) -> AsyncMappingResult:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> RowMapping: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> RowMapping | None:
         """The first mapping or ``None``; closes the result."""
@@ -514,3 +532,49 @@ class AsyncTupleResult(AsyncCommon[_R], TypingOnly, Generic[_R]):
     tuples; at runtime it is the :class:`AsyncResult` itself."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # the AsyncResult methods, with rows typed as _R
+
+        def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[_R]]: ...
+
+        async def fetchone(self) -> _R | None: ...
+
+        async def fetchall(self) -> Sequence[_R]: ...
+
+        async def fetchmany(self, size: int | None = None) -> Sequence[_R]: ...
+
+        async def all(self) -> Sequence[_R]: ...
+
+        def __aiter__(self) -> AsyncIterator[_R]: ...
+
+        async def __anext__(self) -> _R: ...
+
+        async def first(self) -> _R | None: ...
+
+        async def one_or_none(self) -> _R | None: ...
+
+        async def one(self) -> _R: ...
+
+        @overload
+        async def scalar_one(self: AsyncTupleResult[tuple[_T]]) -> _T: ...
+
+        @overload
+        async def scalar_one(self) -> Any: ...
+
+        async def scalar_one(self) -> Any: ...
+
+        @overload
+        async def scalar_one_or_none(self: AsyncTupleResult[tuple[_T]]) -> _T | None: ...
+
+        @overload
+        async def scalar_one_or_none(self) -> Any | None: ...
+
+        async def scalar_one_or_none(self) -> Any | None: ...
+
+        @overload
+        async def scalar(self: AsyncTupleResult[tuple[_T]]) -> _T | None: ...
+
+        @overload
+        async def scalar(self) -> Any: ...
+
+        async def scalar(self) -> Any: ...
