@@ -112,12 +112,15 @@ def install_as_sqlalchemy_asyncio() -> None:
 
 
 def _already_imported_message() -> str:
-    holders = sorted(_holders_of_sqlalchemy_asyncio())
+    holders = _holders_of_sqlalchemy_asyncio()
     if holders:
         shown = ", ".join(holders[:8]) + (
             f" and {len(holders) - 8} more" if len(holders) > 8 else ""
         )
-        who = f"It is referenced by module(s) {shown}, which keep SQLAlchemy's classes."
+        who = (
+            f"Imported by: {shown} (in import order); these modules hold SQLAlchemy's "
+            "classes and would keep them."
+        )
     else:
         who = "No other module references it yet; it was imported directly."
     return (
@@ -129,9 +132,10 @@ def _already_imported_message() -> str:
     )
 
 
-def _holders_of_sqlalchemy_asyncio() -> set[str]:
+def _holders_of_sqlalchemy_asyncio() -> list[str]:
     """The modules (outside SQLAlchemy) that hold SQLAlchemy's asyncio modules or
-    one of their classes or functions: who imported it."""
+    one of their classes or functions, in import order (``sys.modules`` keeps it):
+    who imported it, first importer first."""
     ours = {
         name: module
         for name, module in list(sys.modules.items())
@@ -143,7 +147,7 @@ def _holders_of_sqlalchemy_asyncio() -> set[str]:
             owner_module = getattr(value, "__module__", None)
             if isinstance(owner_module, str) and owner_module.startswith(_PACKAGE):
                 targets.add(id(value))
-    holders: set[str] = set()
+    holders: list[str] = []
     for name, module in list(sys.modules.items()):
         if module is None or name.startswith("sqlalchemy.") or name == "sqlalchemy":
             continue
@@ -151,7 +155,7 @@ def _holders_of_sqlalchemy_asyncio() -> set[str]:
         if not isinstance(namespace, dict):
             continue
         if any(id(value) in targets for value in list(namespace.values())):
-            holders.add(name)
+            holders.append(name)
     return holders
 
 
