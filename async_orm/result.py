@@ -11,8 +11,9 @@ What crosses the thread boundary is the driver's rows as SQLAlchemy fetched them
 each into its :class:`Row` (or scalar, or mapping) as it is handed out, as the
 sync ``Result`` does while it is iterated.  Building a whole chunk of ``Row``
 objects ahead would keep a thousand young objects alive per hop, which doubles
-the garbage collector's work on a long stream.  With :meth:`unique` the chunk is
-built and de-duplicated on the worker instead.
+the garbage collector's work on a long stream.  With
+:meth:`~async_orm.AsyncResult.unique` the chunk is built and de-duplicated on the
+worker instead.
 """
 
 from __future__ import annotations
@@ -350,9 +351,9 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return await self._one_row(False, False, True)
 
     async def freeze(self) -> FrozenResult[Unpack[_Ts]]:
-        """A :class:`FrozenResult` of the remaining rows, built on the worker: the rows
-        this result would hand out, with its :meth:`columns` and :meth:`unique`
-        applied, as SQLAlchemy's ``freeze()`` gives them."""
+        """A :class:`~sqlalchemy.engine.FrozenResult` of the remaining rows, built on
+        the worker: the rows this result would hand out, with its :meth:`columns` and
+        :meth:`unique` applied, as SQLAlchemy's ``freeze()`` gives them."""
         if self._buffer:
             raise sa_exc.InvalidRequestError(
                 "freeze() was called on an AsyncResult that has already fetched rows it "

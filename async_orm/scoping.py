@@ -2,7 +2,7 @@
 
 Mirrors ``sqlalchemy.ext.asyncio.scoping``.  Every proxied method and attribute
 is declared here, as SQLAlchemy's own ``async_scoped_session`` declares them,
-with the signature and overloads of :class:`AsyncSession`, so that type
+with the signature and overloads of :class:`~async_orm.AsyncSession`, so that type
 checkers and editors see each one (``await Session.comit()`` is an error, and
 ``await Session.get(User, 1)`` is ``User | None``).  Each is one line that
 forwards to the current scope's session, ``self._proxied`` (the registry's
@@ -12,6 +12,7 @@ session for the scope, created on first use).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -553,6 +554,9 @@ class async_scoped_session(Generic[_AS]):
         )
 
 
+_BARE_ROLE = re.compile(r":(meth|attr):`(\w+)`")
+
+
 def _document_proxies() -> None:
     """Give each proxied member the docstring of the AsyncSession member it forwards
     to (for help() and the API reference), led by a line saying where it goes."""
@@ -571,7 +575,10 @@ def _document_proxies() -> None:
             func = member
             lead += ", on the current scope's session."
         doc = getattr(target, "__doc__", None)
-        func.__doc__ = f"{lead}\n\n{inspect.cleandoc(doc)}" if doc else lead
+        if doc:
+            # a bare :meth:`bind_table` of AsyncSession's text names AsyncSession's
+            doc = _BARE_ROLE.sub(r":\1:`~async_orm.AsyncSession.\2`", inspect.cleandoc(doc))
+        func.__doc__ = f"{lead}\n\n{doc}" if doc else lead
 
 
 _document_proxies()
