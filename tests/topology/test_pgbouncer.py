@@ -218,3 +218,25 @@ async def test_pool_pre_ping_and_a_primary_restart_behind_the_bouncer(
     async with maker() as session:
         total = await session.scalar(select(func.count()).select_from(Item))
     assert total == 12
+
+
+async def test_stream_through_the_bouncer(
+    topology: Topology, database: str, make_engine: EngineFactory
+) -> None:
+    """stream() runs a server-side cursor, which lives inside its transaction:
+    it works in transaction pooling, chunk after chunk, while other sessions
+    use the bouncer's other server connections."""
+    engine = make_engine(topology.bouncer.url(database), connect_args=BOUNCER_CONNECT_ARGS)
+    await _create_tables(engine)
+    maker = async_orm.async_sessionmaker(engine)
+    async with maker() as session, session.begin():
+        session.add_all([Item(owner=n % 3, name=f"n{n}") for n in range(500)])
+
+    async def stream_all() -> int:
+        async with maker() as session, session.begin():
+            result = await session.stream_scalars(
+                select(Item).order_by(Item.id).execution_options(yield_per=50)
+            )
+            return len([item async for item in result])
+
+    assert await asyncio.gather(*(stream_all() for _ in range(4))) == [500] * 4

@@ -3,6 +3,7 @@ over a private primary and its streaming replica (hot standby)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import func, select, text
+from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import async_orm
@@ -166,3 +167,41 @@ def test_the_recipe_refuses_a_session_without_a_primary_bind() -> None:
     with pytest.raises(AssertionError, match="bind the session to the primary"):
         session.get_bind(clause=select(1))
     session.close()
+
+
+async def test_cancelling_a_routed_read_cancels_its_statement_on_the_replica(
+    topology: Topology, engines: tuple[async_orm.AsyncEngine, async_orm.AsyncEngine]
+) -> None:
+    """The replica engine is reached only through get_bind: a cancelled task's
+    statement there is interrupted all the same (gone within a second)."""
+    assert topology.replica is not None
+    replica_port = topology.replica.port
+
+    def sleepers() -> int:
+        with psycopg.connect(
+            host="127.0.0.1", port=replica_port, user="postgres", autocommit=True
+        ) as conn:
+            row = conn.execute(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                "and query like '%pg_sleep(33.5)%' and pid <> pg_backend_pid()"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def until(count: int, within: float) -> None:
+        deadline = time.monotonic() + within
+        while await asyncio.to_thread(sleepers) != count:
+            assert time.monotonic() < deadline, f"not {count} sleeper(s) within {within} s"
+            await asyncio.sleep(0.01)  # polling the replica's view, not synchronising
+
+    maker = _maker(engines)
+
+    async def read() -> None:
+        async with maker() as session:
+            await session.execute(select(func.pg_sleep(literal_column("33.5"))))
+
+    task = asyncio.create_task(read())
+    await until(1, within=10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(0, within=1.0)
