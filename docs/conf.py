@@ -87,6 +87,18 @@ nitpick_ignore = [
     ("py:class", "sqlalchemy.engine.result.RMKeyView"),
 ]
 
+
+def _error_suffix_example() -> str:
+    """How an error message ends, as :mod:`async_orm.exc` writes it (errors.rst
+    quotes it, so the page cannot disagree with the messages)."""
+    from async_orm.exc import EventLoopIOError
+
+    error = EventLoopIOError.__new__(EventLoopIOError)  # _code_str() reads only .code
+    return error._code_str()
+
+
+rst_epilog = f".. |error-suffix-example| replace:: ``{_error_suffix_example()}``\n"
+
 # -- intersphinx -----------------------------------------------------------------
 
 # Each inventory is read from the committed file only, so the build is the same
