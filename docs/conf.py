@@ -127,7 +127,9 @@ public_names_defaults = {
     "DEFAULT_DB_ALIAS": repr(DEFAULT_DB_ALIAS),
 }
 # Public aliases shown by name instead of expanded.
-autodoc_type_aliases = {"ASGIApp": "~async_orm.asgi.ASGIApp"}
+autodoc_type_aliases = {
+    name: f"~async_orm.asgi.{name}" for name in ("ASGIApp", "Scope", "Receive", "Send", "Message")
+}
 
 # -- myst (the changelog) -------------------------------------------------------
 
