@@ -28,6 +28,9 @@ from sphinx.directives import ObjectDescription
 from sphinx.domains.python import PythonDomain
 from sphinx.environment import BuildEnvironment
 from sphinx.ext.intersphinx import InventoryAdapter, resolve_reference_in_inventory
+from sphinx.util import logging
+
+LOGGER = logging.getLogger(__name__)
 
 #: Private aliases and what they stand for.  ``{0}`` is the alias's subscript:
 #: ``_EntityBindKey[_O]`` -> ``type[_O] | Mapper[_O]``.  Names in the spellings are
@@ -231,17 +234,36 @@ def public_signature(signature: str, defaults: dict[str, str]) -> str:
     return signature[: start + 1] + ", ".join(parameters) + signature[end:]
 
 
+#: A private name (``_Foo``, ``util._bar``) left in a signature after rewriting.
+PRIVATE_NAME = re.compile(r"(?<![\w'\"])_[A-Za-z]\w*")
+
+
 class _PublicNames(ObjectDescription[Any]):
     """Mixin for the ``py:`` object directives: public names in the signature
-    and in the ``:type:`` of attributes and properties."""
+    and in the ``:type:`` of attributes and properties, and a warning (an error
+    under ``-W``) for a private name that is still there."""
+
+    def _checked(self, text: str) -> str:
+        # as rendered: ``~a._b.C`` shows as ``C``
+        private = PRIVATE_NAME.findall(re.sub(r"~(?:\w+\.)+", "", text))
+        if private:
+            LOGGER.warning(
+                "private name %s in the signature %r: add what it stands for to "
+                "ALIASES in docs/_ext/public_names.py",
+                ", ".join(sorted(set(private))),
+                text,
+                location=self.get_location(),
+                type="public_names",
+            )
+        return text
 
     def get_signatures(self) -> list[str]:
         defaults = self.config.public_names_defaults
-        return [public_signature(sig, defaults) for sig in super().get_signatures()]
+        return [self._checked(public_signature(sig, defaults)) for sig in super().get_signatures()]
 
     def run(self) -> list[nodes.Node]:
         if self.options.get("type"):
-            self.options["type"] = public_annotation(self.options["type"])
+            self.options["type"] = self._checked(public_annotation(self.options["type"]))
         return super().run()
 
 
