@@ -9,15 +9,16 @@ none of them.  For each HTTP request (and each websocket connection) it
   and sync code run in a thread pool all see the request's one session;
 * creates the session lazily, on the handler's first use (a request that does
   not touch the database costs nothing);
-* commits when the response starts with a status for which ``commit_on``
-  returns true (by default, below 400), *before* the status line is sent, so a
-  failing commit still becomes a 500; rolls back on any other status, on an
-  exception and on cancellation;
+* ends it by the policy it shares with :mod:`async_orm.django`: committed
+  when the response starts with a status for which ``commit_on`` returns true
+  (by default, below 400), *before* the status line is sent, so a failing
+  commit still becomes a 500; rolled back on any other status, on an exception,
+  on cancellation and when the client goes away; always closed (shielded from
+  cancellation), which returns its connection to the pool and its worker thread
+  to the worker pool;
 * settles work done after the response started (a streaming body) when the
   app returns: committed if the whole body was sent, rolled back if the client
-  went away first;
-* always closes the session, which returns its connection to the pool and its
-  worker thread to the worker pool.
+  went away first.
 
 On the ASGI lifespan it disposes of the engine(s) the sessions are bound to
 when the server shuts down.  At startup in a process forked after the
@@ -54,6 +55,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from ._requests import (
+    CommitRule,
+    abort_sessions,
+    commit_on_success,
+    end_sessions,
+    settle_sessions,
+    should_commit,
+)
 from .engine import AsyncEngine
 from .scopes import context_scope
 from .scoping import async_scoped_session
@@ -86,11 +95,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _current: ContextVar[async_scoped_session[Any] | None] = ContextVar(
     "async_orm_asgi_sessions", default=None
 )
-
-
-def commit_on_success(status: int) -> bool:
-    """The default ``commit_on`` policy: commit for statuses below 400."""
-    return status < 400
 
 
 def current_session() -> AsyncSession:
@@ -131,11 +135,6 @@ def _engines_of(maker: async_sessionmaker[Any]) -> list[AsyncEngine]:
         elif isinstance(bind, Engine):
             engines.setdefault(id(bind), AsyncEngine(bind))
     return list(engines.values())
-
-
-def _has_work(session: AsyncSession) -> bool:
-    """True if committing or rolling back ``session`` would do anything."""
-    return bool(session.in_transaction() or session.new or session.dirty or session.deleted)
 
 
 class _Response:
@@ -181,7 +180,7 @@ class AsyncSessionMiddleware:
         app: ASGIApp,
         sessions: async_scoped_session[Any] | async_sessionmaker[Any] | AsyncEngine | Engine,
         *,
-        commit_on: Callable[[int], bool] | None = commit_on_success,
+        commit_on: CommitRule | None = commit_on_success,
         websockets: bool = True,
         dispose_engine: bool = True,
     ) -> None:
@@ -230,31 +229,15 @@ class AsyncSessionMiddleware:
         finally:
             _current.reset(token)
 
-    def _session(self, key: Any) -> AsyncSession | None:
+    def _sessions(self, key: Any) -> list[AsyncSession]:
+        """The scope's session, if it was created: zero or one."""
         session: AsyncSession | None = self.sessions.registry.registry.get(key)
-        return session
+        return [] if session is None else [session]
 
-    async def _finish(self, key: Any, commit: bool) -> None:
-        """Commit (if asked and there is work) and close the scope's session."""
+    def _take(self, key: Any) -> list[AsyncSession]:
+        """Forget the scope's session (zero or one) and return it, to be ended."""
         session: AsyncSession | None = self.sessions.registry.registry.pop(key, None)
-        if session is None:
-            return
-        try:
-            if commit and _has_work(session):
-                await session.commit()
-        finally:
-            await session.close()
-
-    async def _abort(self, key: Any) -> None:
-        """Close the scope's session without committing, after an exception.
-
-        Errors while closing are logged, so that the exception that ended the
-        request is the one that propagates.
-        """
-        try:
-            await self._finish(key, commit=False)
-        except Exception:
-            logger.exception("async_orm: closing the request's session failed")
+        return [] if session is None else [session]
 
     # -- protocols --------------------------------------------------------------------
 
@@ -267,13 +250,10 @@ class AsyncSessionMiddleware:
                 if message["type"] == "http.response.start":
                     status = int(message["status"])
                     response.status = status
-                    session = self._session(key)
-                    if session is not None and _has_work(session):
-                        # settle the transaction before the client sees the status
-                        if commit_on is not None and commit_on(status):
-                            await session.commit()
-                        else:
-                            await session.rollback()
+                    # settle the transaction before the client sees the status
+                    await settle_sessions(
+                        self._sessions(key), commit=should_commit(commit_on, status)
+                    )
                 elif message["type"] == "http.response.body":
                     if not message.get("more_body", False):
                         response.complete = True
@@ -284,17 +264,13 @@ class AsyncSessionMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             except BaseException:
-                await self._abort(key)
+                await abort_sessions(self._take(key))
                 raise
-            status = response.status
             # Work done after the response started (a streaming body) is settled here:
             # committed only if the whole body went out (not if the client went away).
-            await self._finish(
-                key,
-                commit=status is not None
-                and response.complete
-                and commit_on is not None
-                and commit_on(status),
+            await end_sessions(
+                self._take(key),
+                commit=response.complete and should_commit(commit_on, response.status),
             )
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -302,9 +278,9 @@ class AsyncSessionMiddleware:
             try:
                 await self.app(scope, receive, send)
             except BaseException:
-                await self._abort(key)
+                await abort_sessions(self._take(key))
                 raise
-            await self._finish(key, commit=self.commit_on is not None)
+            await end_sessions(self._take(key), commit=self.commit_on is not None)
 
     async def _dispose(self, close: bool) -> None:
         for engine in _engines_of(self.sessions.session_factory):

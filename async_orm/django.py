@@ -11,7 +11,7 @@ Settings (all optional)::
             "SESSION_OPTIONS": {},  # async_sessionmaker() keywords
         },
     }
-    ASYNC_ORM_AUTOCOMMIT = True  # the middleware commits responses below 400
+    ASYNC_ORM_AUTOCOMMIT = True  # commit responses below 400 (or a callable(status))
 
     MIDDLEWARE = [..., "async_orm.django.AsyncSessionMiddleware", ...]
 
@@ -25,7 +25,7 @@ In a view::
         ...
 
 The request's session is keyed on :data:`async_orm.scopes.local_scope` (an
-:class:`asgiref.local.Local`), so a sync function called through
+``asgiref.local.Local``), so a sync function called through
 ``sync_to_async`` (or a sync view) gets the *same* session from
 :func:`current_session`, and can run sync SQLAlchemy code on that session's
 worker thread with :func:`run_in_session`.
@@ -36,7 +36,6 @@ This module imports Django only when a function needing settings is called.
 from __future__ import annotations
 
 import importlib
-import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
+from ._requests import CommitRule, abort_sessions, commit_on_success, end_sessions, should_commit
 from .engine import AsyncEngine, create_async_engine
 from .scopes import local_scope
 from .scoping import async_scoped_session
@@ -64,8 +64,6 @@ __all__ = [
     "run_in_session",
     "session_scope",
 ]
-
-logger = logging.getLogger("async_orm.django")
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -326,34 +324,14 @@ def _has_sessions(key: Any) -> bool:
 
 
 async def _end_scope(key: Any, commit: bool) -> None:
-    """Commit (if asked) and close every session of the scope ``key``.
-
-    When a commit fails, the remaining sessions are rolled back, all are
-    closed, and the first error is raised.
-    """
-    error: BaseException | None = None
-    for session in _pop_sessions(key):
-        try:
-            if commit and error is None and session.in_transaction():
-                await session.commit()
-        except BaseException as failure:
-            error = failure
-        try:
-            await session.close()
-        except BaseException as failure:
-            if error is None:
-                error = failure
-            else:
-                logger.exception("async_orm: closing a request session failed")
-    if error is not None:
-        raise error
+    """End every session of the scope ``key`` (committed first if ``commit``), by
+    the policy shared with :mod:`async_orm.asgi`."""
+    await end_sessions(_pop_sessions(key), commit=commit)
 
 
 async def _abort_scope(key: Any) -> None:
-    try:
-        await _end_scope(key, commit=False)
-    except Exception:
-        logger.exception("async_orm: closing the request's sessions failed")
+    """Close every session of the scope ``key`` after an exception."""
+    await abort_sessions(_pop_sessions(key))
 
 
 @asynccontextmanager
@@ -381,19 +359,29 @@ async def session_scope(using: str = DEFAULT_DB_ALIAS) -> AsyncIterator[AsyncSes
 # middleware
 
 
-def _autocommit() -> bool:
-    return bool(getattr(_settings(), "ASYNC_ORM_AUTOCOMMIT", True))
+def _commit_rule() -> CommitRule | None:
+    """``ASYNC_ORM_AUTOCOMMIT``: true (the default) commits below 400, false never,
+    and a callable taking the status decides."""
+    setting = getattr(_settings(), "ASYNC_ORM_AUTOCOMMIT", True)
+    if callable(setting):
+        rule: CommitRule = setting
+        return rule
+    return commit_on_success if setting else None
 
 
 class AsyncSessionMiddleware:
     """Django middleware: one async_orm session per request and database.
 
     Sessions are created lazily by :func:`current_session`.  When the view's
-    response is ready the middleware commits them if the status is below 400
-    (and ``ASYNC_ORM_AUTOCOMMIT`` is true, the default) and rolls them back
-    otherwise (Django turns a view's exception into a 500 response before it
-    gets here), then closes them.  It is async-capable (used as is under ASGI,
-    no thread hop) and sync-capable (under WSGI it ends the sessions through
+    response is ready, the middleware ends them by the policy it shares with
+    :class:`async_orm.asgi.AsyncSessionMiddleware`: each session with work is
+    committed if the status passes ``ASYNC_ORM_AUTOCOMMIT`` (by default, below
+    400), before the response is returned, so a failing commit becomes a 500;
+    anything else (an error status, an exception, a cancellation or a client
+    that went away) commits nothing; every session is closed, shielded from
+    cancellation.  Django turns a view's exception into a 500 response before
+    it gets here.  It is async-capable (used as is under ASGI, no thread hop)
+    and sync-capable (under WSGI it ends the sessions through
     ``async_to_sync``).
 
     The sessions are settled before the response is returned, so a streaming
@@ -422,7 +410,7 @@ class AsyncSessionMiddleware:
                     async_to_sync(_abort_scope)(key)
                 raise
             if _has_sessions(key):
-                async_to_sync(_end_scope)(key, _autocommit() and response.status_code < 400)
+                async_to_sync(_end_scope)(key, should_commit(_commit_rule(), response.status_code))
             return response
 
     async def __acall__(self, request: Any) -> Any:
@@ -433,5 +421,5 @@ class AsyncSessionMiddleware:
             except BaseException:
                 await _abort_scope(key)
                 raise
-            await _end_scope(key, _autocommit() and response.status_code < 400)
+            await _end_scope(key, should_commit(_commit_rule(), response.status_code))
             return response

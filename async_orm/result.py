@@ -11,15 +11,16 @@ What crosses the thread boundary is the driver's rows as SQLAlchemy fetched them
 each into its :class:`Row` (or scalar, or mapping) as it is handed out, as the
 sync ``Result`` does while it is iterated.  Building a whole chunk of ``Row``
 objects ahead would keep a thousand young objects alive per hop, which doubles
-the garbage collector's work on a long stream.  With :meth:`unique` the chunk is
-built and de-duplicated on the worker instead.
+the garbage collector's work on a long stream.  With
+:meth:`~async_orm.AsyncResult.unique` the chunk is built and de-duplicated on the
+worker instead.
 """
 
 from __future__ import annotations
 
 import operator
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
@@ -114,6 +115,16 @@ class AsyncCommon(FilterResult[_R]):
     def _chunk(self, size: int | None) -> int:
         return size or self._real_result._yield_per or DEFAULT_CHUNK
 
+    def _unique_chunk(self) -> int | None:
+        """Rows per hop under unique().  An ORM result on a server-side cursor refuses
+        sized fetches once unique() is applied ("Can't use the ORM yield_per feature in
+        conjunction with unique()"); without a yield_per of the user's, it is read whole
+        in one hop (None: all rows), as SQLAlchemy's own async for reads it."""
+        real = self._real_result
+        if getattr(real, "dynamic_yield_per", False) and not real._yield_per:
+            return None
+        return self._chunk(None)
+
     def _finish(self, row: Any) -> Any:
         """Turn one buffered row into what this result hands out.  The first call
         memoizes the function for this result in its ``__dict__``, where it shadows
@@ -150,7 +161,11 @@ class AsyncCommon(FilterResult[_R]):
         rows: Sequence[Any]
         if self._unique_filter_state:
             # de-duplicating needs the built rows: build and filter them on the worker
-            rows = await runner.run(STATEMENT, self._manyrow_getter, self, self._chunk(None))
+            size = self._unique_chunk()
+            if size is None:
+                rows = await runner.run(STATEMENT, self._allrows)
+            else:
+                rows = await runner.run(STATEMENT, self._manyrow_getter, self, size)
         else:
             rows = await runner.run(STATEMENT, self._fetchmany_impl, self._chunk(None))
         if not rows:
@@ -159,7 +174,10 @@ class AsyncCommon(FilterResult[_R]):
         return True
 
     async def _anext(self) -> _R:
-        """The views' ``__anext__``, written once."""
+        """The views' ``__anext__``, written once.  Each view binds this very function
+        as its ``__anext__`` (a wrapper would cost a coroutine frame per row) and declares
+        its row type for type checkers under ``TYPE_CHECKING``, where an assignment from
+        ``AsyncCommon`` would leave the row type unknown."""
         buffer = self._buffer
         if buffer or await self._fill():  # the common case: no hop, no extra coroutine
             return self._finish(buffer.popleft())  # type: ignore[no-any-return]
@@ -303,7 +321,12 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
     def __aiter__(self) -> AsyncResult[Unpack[_Ts]]:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> Row[Unpack[_Ts]]: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> Row[Unpack[_Ts]] | None:
         """The first row or ``None``; closes the result."""
@@ -330,12 +353,22 @@ class AsyncResult(_WithKeys, AsyncCommon[Row[Unpack[_Ts]]]):
         return await self._one_row(False, False, True)
 
     async def freeze(self) -> FrozenResult[Unpack[_Ts]]:
-        """A :class:`FrozenResult` of the remaining rows, built on the worker."""
+        """A :class:`~sqlalchemy.engine.FrozenResult` of the remaining rows, built on
+        the worker: the rows this result would hand out, with its :meth:`columns` and
+        :meth:`unique` applied, as SQLAlchemy's ``freeze()`` gives them."""
         if self._buffer:
             raise sa_exc.InvalidRequestError(
-                "freeze() must be called before rows are fetched from this AsyncResult."
+                "freeze() was called on an AsyncResult that has already fetched rows it "
+                "has not handed out yet, and a frozen result must hold every row. Call "
+                "freeze() before reading rows, e.g. (await session.stream(stmt)).freeze()."
             )
-        return await self._get_runner().run(STATEMENT, FrozenResult, self._real_result)
+        # FrozenResult reads this result's reduced metadata and its filtered rows
+        # (_allrows), or for an ORM entity result the raw rows (_raw_row_iterator)
+        return await self._get_runner().run(STATEMENT, FrozenResult, self)
+
+    def _raw_row_iterator(self) -> Iterator[Any]:
+        """The source's raw rows, for :class:`FrozenResult`; runs on the worker."""
+        return self._real_result._raw_row_iterator()
 
     @overload
     def scalars(
@@ -405,7 +438,12 @@ class AsyncScalarResult(AsyncCommon[_R]):
     def __aiter__(self) -> AsyncScalarResult[_R]:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> _R: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> _R | None:
         """The first value or ``None``; closes the result."""
@@ -472,7 +510,12 @@ class AsyncMappingResult(_WithKeys, AsyncCommon[RowMapping]):
     def __aiter__(self) -> AsyncMappingResult:
         return self
 
-    __anext__ = AsyncCommon._anext
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> RowMapping: ...
+
+    else:
+        __anext__ = AsyncCommon._anext  # see AsyncCommon._anext
 
     async def first(self) -> RowMapping | None:
         """The first mapping or ``None``; closes the result."""
@@ -492,3 +535,49 @@ class AsyncTupleResult(AsyncCommon[_R], TypingOnly, Generic[_R]):
     tuples; at runtime it is the :class:`AsyncResult` itself."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # the AsyncResult methods, with rows typed as _R
+
+        def partitions(self, size: int | None = None) -> AsyncIterator[Sequence[_R]]: ...
+
+        async def fetchone(self) -> _R | None: ...
+
+        async def fetchall(self) -> Sequence[_R]: ...
+
+        async def fetchmany(self, size: int | None = None) -> Sequence[_R]: ...
+
+        async def all(self) -> Sequence[_R]: ...
+
+        def __aiter__(self) -> AsyncIterator[_R]: ...
+
+        async def __anext__(self) -> _R: ...
+
+        async def first(self) -> _R | None: ...
+
+        async def one_or_none(self) -> _R | None: ...
+
+        async def one(self) -> _R: ...
+
+        @overload
+        async def scalar_one(self: AsyncTupleResult[tuple[_T]]) -> _T: ...
+
+        @overload
+        async def scalar_one(self) -> Any: ...
+
+        async def scalar_one(self) -> Any: ...
+
+        @overload
+        async def scalar_one_or_none(self: AsyncTupleResult[tuple[_T]]) -> _T | None: ...
+
+        @overload
+        async def scalar_one_or_none(self) -> Any | None: ...
+
+        async def scalar_one_or_none(self) -> Any | None: ...
+
+        @overload
+        async def scalar(self: AsyncTupleResult[tuple[_T]]) -> _T | None: ...
+
+        @overload
+        async def scalar(self) -> Any: ...
+
+        async def scalar(self) -> Any: ...

@@ -9,10 +9,10 @@ keeps one :class:`~async_orm.AsyncSession` per key.  Three are provided:
     Tasks spawned by the code (``asyncio.gather``) get sessions of their own.
 
 :data:`local_scope` (a :class:`LocalScope`)
-    One session per *context*, held in an :class:`asgiref.local.Local`: it
+    One session per *context*, held in an ``asgiref.local.Local``: it
     follows the code through ``await``, into tasks it spawns, and across
-    :func:`asgiref.sync.sync_to_async` / :func:`asgiref.sync.async_to_sync`
-    hops, so sync helpers called from an async view see the view's session.
+    asgiref's ``sync_to_async`` / ``async_to_sync`` hops, so sync helpers
+    called from an async view see the view's session.
     A thread started by other means (``loop.run_in_executor``, anyio's thread
     pool) does not see it: asgiref keeps ``Local`` data to the threads it moved
     the work to itself.  :class:`async_orm.django.AsyncSessionMiddleware` uses it.
@@ -97,7 +97,7 @@ class ScopeKey:
 
 
 class LocalScope:
-    """A scope function whose key lives in an :class:`asgiref.local.Local`.
+    """A scope function whose key lives in an ``asgiref.local.Local``.
 
     Calling the object returns the current :class:`ScopeKey`, creating one for
     the current context when there is none (so code outside any

@@ -1,72 +1,55 @@
 """async_scoped_session: one AsyncSession per scope (task, request, context).
 
-Mirrors ``sqlalchemy.ext.asyncio.scoping``.  The proxied methods and
-attributes are declared once, as lists, and forward to the session of the
-current scope; their signatures are those of :class:`AsyncSession`.
+Mirrors ``sqlalchemy.ext.asyncio.scoping``.  Every proxied method and attribute
+is declared here, as SQLAlchemy's own ``async_scoped_session`` declares them,
+with the signature and overloads of :class:`~async_orm.AsyncSession`, so that type
+checkers and editors see each one (``await Session.comit()`` is an error, and
+``await Session.get(User, 1)`` is ``User | None``).  Each is one line that
+forwards to the current scope's session, ``self._proxied`` (the registry's
+session for the scope, created on first use).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import util
+from sqlalchemy.orm import Session
 from sqlalchemy.util import ScopedRegistry, warn
+from typing_extensions import TypeVarTuple, Unpack
 
-from .session import _HAS_21_API, AsyncSession, async_sessionmaker
+from .session import _HAS_21_API, _POPULATE_EXISTING_DEFAULT, AsyncSession, async_sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, Result, ScalarResult
+    from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter, _CoreAnyExecuteParams
+    from sqlalchemy.orm._typing import OrmExecuteOptionsParameter
+    from sqlalchemy.orm.interfaces import ORMOption
+    from sqlalchemy.orm.session import (
+        _BindArguments,
+        _EntityBindKey,
+        _PKIdentityArgument,
+        _SessionBindKey,
+    )
+    from sqlalchemy.sql.base import Executable
+    from sqlalchemy.sql.elements import ClauseElement
+    from sqlalchemy.sql.selectable import ForUpdateParameter, TypedReturnsRows
+
+    from .engine import AsyncConnection
+    from .result import AsyncResult, AsyncScalarResult
+    from .session import AsyncSessionTransaction, _AsyncSessionBind
 
 __all__ = ["async_scoped_session"]
 
 _AS = TypeVar("_AS", bound=AsyncSession)
-
-#: methods and properties forwarded to the current scope's session
-_METHODS = [
-    "__contains__",
-    "__iter__",
-    "aclose",
-    "add",
-    "add_all",
-    "begin",
-    "begin_nested",
-    "close",
-    "commit",
-    "connection",
-    "delete",
-    "execute",
-    "expire",
-    "expire_all",
-    "expunge",
-    "expunge_all",
-    "flush",
-    "get_bind",
-    "is_modified",
-    "invalidate",
-    "merge",
-    "refresh",
-    "rollback",
-    "scalar",
-    "scalars",
-    "get",
-    "get_one",
-    "stream",
-    "stream_scalars",
-    "reset",
-] + (["delete_all", "merge_all", "get_async_bind"] if _HAS_21_API else [])
-_CLASSMETHODS = ["close_all", "object_session", "identity_key"]
-_PROPERTIES = [
-    "bind",
-    "dirty",
-    "deleted",
-    "new",
-    "identity_map",
-    "is_active",
-    "autoflush",
-    "no_autoflush",
-    "info",
-] + (["binds", "execution_options"] if _HAS_21_API else [])
-_SETTABLE = {"bind", "identity_map", "autoflush", "execution_options"}
+_T = TypeVar("_T", bound=Any)
+_O = TypeVar("_O", bound=object)
+_Ts = TypeVarTuple("_Ts")
+TupleAny = tuple[Any, ...]
 
 
 class async_scoped_session(Generic[_AS]):
@@ -118,56 +101,484 @@ class async_scoped_session(Generic[_AS]):
             await self.registry().close()
         self.registry.clear()
 
-    if TYPE_CHECKING:
+    # -- proxied methods: the current scope's session's, same signatures ---------------
 
-        def __getattr__(self, name: str) -> Any: ...
+    def __contains__(self, instance: object) -> bool:
+        return self._proxied.__contains__(instance)
+
+    def __iter__(self) -> Iterator[object]:
+        return self._proxied.__iter__()
+
+    async def aclose(self) -> None:
+        return await self._proxied.aclose()
+
+    if _HAS_21_API:
+
+        def add(self, instance: object, *, _warn: bool = True) -> None:
+            return self._proxied.add(instance, _warn=_warn)
+
+    else:
+
+        def add(self, instance: object, _warn: bool = True) -> None:  # type: ignore[misc]
+            return self._proxied.add(instance, _warn=_warn)
+
+    def add_all(self, instances: Iterable[object]) -> None:
+        return self._proxied.add_all(instances)
+
+    def begin(self) -> AsyncSessionTransaction:
+        return self._proxied.begin()
+
+    def begin_nested(self) -> AsyncSessionTransaction:
+        return self._proxied.begin_nested()
+
+    async def close(self) -> None:
+        return await self._proxied.close()
+
+    async def reset(self) -> None:
+        return await self._proxied.reset()
+
+    async def commit(self) -> None:
+        return await self._proxied.commit()
+
+    async def connection(
+        self,
+        bind_arguments: _BindArguments | None = None,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+        **kw: Any,
+    ) -> AsyncConnection:
+        return await self._proxied.connection(
+            bind_arguments=bind_arguments, execution_options=execution_options, **kw
+        )
+
+    async def delete(self, instance: object) -> None:
+        return await self._proxied.delete(instance)
+
+    @overload
+    async def execute(
+        self,
+        statement: TypedReturnsRows[Unpack[_Ts]],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[Unpack[_Ts]]: ...
+
+    @overload
+    async def execute(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[Unpack[TupleAny]]: ...
+
+    async def execute(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Result[Unpack[TupleAny]]:
+        return await self._proxied.execute(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
+        return self._proxied.expire(instance, attribute_names=attribute_names)
+
+    def expire_all(self) -> None:
+        return self._proxied.expire_all()
+
+    def expunge(self, instance: object) -> None:
+        return self._proxied.expunge(instance)
+
+    def expunge_all(self) -> None:
+        return self._proxied.expunge_all()
+
+    async def flush(self, objects: Sequence[Any] | None = None) -> None:
+        return await self._proxied.flush(objects=objects)
+
+    def get_bind(
+        self,
+        mapper: _EntityBindKey[_O] | None = None,
+        clause: ClauseElement | None = None,
+        bind: Engine | Connection | None = None,
+        **kw: Any,
+    ) -> Engine | Connection:
+        return self._proxied.get_bind(mapper=mapper, clause=clause, bind=bind, **kw)
+
+    def is_modified(self, instance: object, include_collections: bool = True) -> bool:
+        return self._proxied.is_modified(instance, include_collections=include_collections)
+
+    async def invalidate(self) -> None:
+        return await self._proxied.invalidate()
+
+    async def merge(
+        self,
+        instance: _O,
+        *,
+        load: bool = True,
+        options: Sequence[ORMOption] | None = None,
+    ) -> _O:
+        return await self._proxied.merge(instance, load=load, options=options)
+
+    async def refresh(
+        self,
+        instance: object,
+        attribute_names: Iterable[str] | None = None,
+        with_for_update: ForUpdateParameter = None,
+    ) -> None:
+        return await self._proxied.refresh(
+            instance, attribute_names=attribute_names, with_for_update=with_for_update
+        )
+
+    async def rollback(self) -> None:
+        return await self._proxied.rollback()
+
+    @overload
+    async def scalar(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> _T | None: ...
+
+    @overload
+    async def scalar(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Any: ...
+
+    async def scalar(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> Any:
+        return await self._proxied.scalar(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    @overload
+    async def scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[_T]: ...
+
+    @overload
+    async def scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]: ...
+
+    async def scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> ScalarResult[Any]:
+        return await self._proxied.scalars(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    async def get(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = _POPULATE_EXISTING_DEFAULT,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+    ) -> _O | None:
+        return await self._proxied.get(
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
+
+    async def get_one(
+        self,
+        entity: _EntityBindKey[_O],
+        ident: _PKIdentityArgument,
+        *,
+        options: Sequence[ORMOption] | None = None,
+        populate_existing: bool | None = _POPULATE_EXISTING_DEFAULT,
+        with_for_update: ForUpdateParameter = None,
+        identity_token: Any | None = None,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+    ) -> _O:
+        return await self._proxied.get_one(
+            entity,
+            ident,
+            options=options,
+            populate_existing=populate_existing,
+            with_for_update=with_for_update,
+            identity_token=identity_token,
+            execution_options=execution_options,
+        )
+
+    @overload
+    async def stream(
+        self,
+        statement: TypedReturnsRows[Unpack[_Ts]],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[Unpack[_Ts]]: ...
+
+    @overload
+    async def stream(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[Unpack[TupleAny]]: ...
+
+    async def stream(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncResult[Unpack[TupleAny]]:
+        return await self._proxied.stream(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: TypedReturnsRows[_T],
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[_T]: ...
+
+    @overload
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]: ...
+
+    async def stream_scalars(
+        self,
+        statement: Executable,
+        params: _CoreAnyExecuteParams | None = None,
+        *,
+        execution_options: OrmExecuteOptionsParameter = util.EMPTY_DICT,
+        bind_arguments: _BindArguments | None = None,
+        **kw: Any,
+    ) -> AsyncScalarResult[Any]:
+        return await self._proxied.stream_scalars(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            **kw,
+        )
+
+    if _HAS_21_API:
+
+        async def delete_all(self, instances: Iterable[object]) -> None:
+            return await self._proxied.delete_all(instances)
+
+        async def merge_all(
+            self,
+            instances: Iterable[_O],
+            *,
+            load: bool = True,
+            options: Sequence[ORMOption] | None = None,
+        ) -> Sequence[_O]:
+            return await self._proxied.merge_all(instances, load=load, options=options)
+
+        def get_async_bind(
+            self,
+            mapper: _EntityBindKey[_O] | None = None,
+            clause: ClauseElement | None = None,
+            bind: _AsyncSessionBind | None = None,
+            **kw: Any,
+        ) -> _AsyncSessionBind:
+            return self._proxied.get_async_bind(mapper=mapper, clause=clause, bind=bind, **kw)
+
+    # -- proxied attributes -------------------------------------------------------------
+
+    @property
+    def bind(self) -> Any:
+        return self._proxied.bind
+
+    @bind.setter
+    def bind(self, value: Any) -> None:
+        self._proxied.bind = value
+
+    @property
+    def dirty(self) -> Any:
+        return self._proxied.dirty
+
+    @property
+    def deleted(self) -> Any:
+        return self._proxied.deleted
+
+    @property
+    def new(self) -> Any:
+        return self._proxied.new
+
+    @property
+    def identity_map(self) -> Any:
+        return self._proxied.identity_map
+
+    @identity_map.setter
+    def identity_map(self, attr: Any) -> None:
+        self._proxied.identity_map = attr
+
+    @property
+    def is_active(self) -> bool:
+        return self._proxied.is_active
+
+    @property
+    def autoflush(self) -> bool:
+        return self._proxied.autoflush
+
+    @autoflush.setter
+    def autoflush(self, attr: bool) -> None:
+        self._proxied.autoflush = attr
+
+    @property
+    def no_autoflush(self) -> Any:
+        return self._proxied.no_autoflush
+
+    @property
+    def info(self) -> Any:
+        return self._proxied.info
+
+    if _HAS_21_API:
+
+        @property
+        def binds(self) -> Mapping[_SessionBindKey, _AsyncSessionBind]:
+            return self._proxied.binds
+
+        @property
+        def execution_options(self) -> Any:
+            return self._proxied.execution_options
+
+        @execution_options.setter
+        def execution_options(self, value: Any) -> None:
+            self._proxied.execution_options = value
+
+    # -- proxied classmethods: AsyncSession's own ------------------------------------------
+
+    @classmethod
+    async def close_all(cls) -> None:
+        return await AsyncSession.close_all()
+
+    @classmethod
+    def object_session(cls, instance: object) -> Session | None:
+        return AsyncSession.object_session(instance)
+
+    @classmethod
+    def identity_key(
+        cls,
+        class_: type[Any] | None = None,
+        ident: Any | tuple[Any, ...] = None,
+        *,
+        instance: Any | None = None,
+        row: Any | None = None,
+        identity_token: Any | None = None,
+    ) -> Any:
+        return AsyncSession.identity_key(
+            class_, ident, instance=instance, row=row, identity_token=identity_token
+        )
 
 
-def _forward_method(name: str) -> Callable[..., Any]:
-    target = getattr(AsyncSession, name)
-    if inspect.iscoroutinefunction(target):
-
-        async def forward_async(self: async_scoped_session[Any], *args: Any, **kw: Any) -> Any:
-            return await getattr(self.registry(), name)(*args, **kw)
-
-        return functools.update_wrapper(forward_async, target)
-
-    def forward(self: async_scoped_session[Any], *args: Any, **kw: Any) -> Any:
-        return getattr(self.registry(), name)(*args, **kw)
-
-    return functools.update_wrapper(forward, target)
+_BARE_ROLE = re.compile(r":(meth|attr):`(\w+)`")
 
 
-def _forward_classmethod(name: str) -> Any:
-    target = getattr(AsyncSession, name).__func__
-    if inspect.iscoroutinefunction(target):
-
-        async def forward_async(cls: type[Any], *args: Any, **kw: Any) -> Any:
-            return await getattr(AsyncSession, name)(*args, **kw)
-
-        return classmethod(functools.update_wrapper(forward_async, target))
-
-    def forward(cls: type[Any], *args: Any, **kw: Any) -> Any:
-        return getattr(AsyncSession, name)(*args, **kw)
-
-    return classmethod(functools.update_wrapper(forward, target))
-
-
-def _forward_property(name: str) -> property:
-    def fget(self: async_scoped_session[Any]) -> Any:
-        return getattr(self.registry(), name)
-
-    def fset(self: async_scoped_session[Any], value: Any) -> None:
-        setattr(self.registry(), name, value)
-
-    doc = getattr(AsyncSession, name).__doc__
-    return property(fget, fset if name in _SETTABLE else None, doc=doc)
+def _document_proxies() -> None:
+    """Give each proxied member the docstring of the AsyncSession member it forwards
+    to (for help() and the API reference), led by a line saying where it goes."""
+    for name, member in vars(async_scoped_session).items():
+        if name.startswith("_") and name not in ("__contains__", "__iter__"):
+            continue
+        target = getattr(AsyncSession, name, None)
+        if target is None:
+            continue  # not a proxy: remove(), configure()
+        kind = "attr" if isinstance(member, property) else "meth"
+        lead = f"Proxy for :{kind}:`AsyncSession.{name} <async_orm.AsyncSession.{name}>`"
+        if isinstance(member, classmethod):
+            func = member.__func__
+            lead += " (a class method: no session is involved)."
+        else:
+            func = member
+            lead += ", on the current scope's session."
+        doc = getattr(target, "__doc__", None)
+        if doc:
+            # a bare :meth:`bind_table` of AsyncSession's text names AsyncSession's
+            doc = _BARE_ROLE.sub(r":\1:`~async_orm.AsyncSession.\2`", inspect.cleandoc(doc))
+        func.__doc__ = f"{lead}\n\n{doc}" if doc else lead
 
 
-for _name in _METHODS:
-    setattr(async_scoped_session, _name, _forward_method(_name))
-for _name in _CLASSMETHODS:
-    setattr(async_scoped_session, _name, _forward_classmethod(_name))
-for _name in _PROPERTIES:
-    setattr(async_scoped_session, _name, _forward_property(_name))
-del _name
+_document_proxies()

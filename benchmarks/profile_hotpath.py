@@ -6,7 +6,7 @@ For a primary-key ``get``, an insert+commit request and a no-op hop it prints th
 per call next to the CPU time the event-loop thread and the worker thread spent on it
 (``time.thread_time``); what is left is thread wake-up latency (the two threads are idle,
 waiting for each other). ``--cprofile`` adds the top functions on the loop thread and on
-the worker thread. Not a benchmark of peers: see ``python -m async_orm bench`` for that.
+the worker thread. Not a benchmark of peers: see ``python -m async_orm_bench`` for that.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def profile(url: str, ops: int, use_cprofile: bool) -> None:
     from sqlalchemy.orm import Session
 
     import async_orm
-    from async_orm._bench.models import Insert, Item
+    from async_orm_bench.models import Insert, Item
 
     engine = async_orm.create_async_engine(url, pool_size=10, max_overflow=0, pool_timeout=2)
     maker = async_orm.async_sessionmaker(engine, expire_on_commit=False)
@@ -79,7 +79,7 @@ async def profile(url: str, ops: int, use_cprofile: bool) -> None:
             print(_stats(prof_worker, f"{name}: worker thread"))
 
     # the same work, sync, for reference: with and without async_orm's Session listeners
-    from async_orm._bench.measure import without_async_orm_session_listeners
+    from async_orm_bench.measure import without_async_orm_session_listeners
 
     def sync_gets() -> tuple[float, float]:
         with Session(sync_engine) as s:
@@ -169,7 +169,7 @@ def main() -> int:
     p.add_argument("--ops", type=int, default=5000)
     p.add_argument("--cprofile", action="store_true")
     args = p.parse_args()
-    from async_orm._bench import models
+    from async_orm_bench import models
 
     tmp = None
     url = args.url

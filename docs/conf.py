@@ -1,8 +1,13 @@
 """Sphinx configuration for the async_orm documentation.
 
-CI builds it with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``
-and nothing but plain Sphinx installed (the ``docs`` extra): the default alabaster
-theme and ``sphinx.ext.*`` only.
+CI builds it nitpicky, with warnings as errors::
+
+    python -m sphinx -W -n --keep-going -b html docs docs/_build/html
+
+with the ``docs`` extra installed (Sphinx, the furo theme, myst-parser for the
+Markdown changelog).  It needs no network: the intersphinx inventories of
+Python, SQLAlchemy, Django and psycopg are committed in ``docs/_inventories``
+(see the README there for where they come from and how to refresh them).
 
 Two small directives are defined here:
 
@@ -12,16 +17,14 @@ Two small directives are defined here:
     project and may not exist yet; the index names them all and the build neither
     fails nor warns while one is missing.
 
-``.. changelog::``
-    The project's ``CHANGELOG.md`` as a literal block (plain Sphinx has no Markdown
-    parser), or a sentence saying there is none yet.
+``.. public-api:: MODULE``
+    An autodoc entry for every name of a module's ``__all__``.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,21 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
+sys.path.insert(0, str(HERE / "_ext"))
+
 # CI installs async_orm; a bare checkout builds too.
 try:
     import async_orm
 except ImportError:  # pragma: no cover - depends on the environment
     sys.path.insert(0, str(ROOT))
     import async_orm
+
+from async_orm.django import DEFAULT_DB_ALIAS  # noqa: E402
+from async_orm.session import _POPULATE_EXISTING_DEFAULT  # noqa: E402
+
+# async_orm.django imports neither Django nor its settings until a function that
+# needs them is called, so documenting it needs no Django project (nor Django):
+# autodoc reports an import error, which fails the build, if that ever changes.
 
 # -- project -------------------------------------------------------------------
 
@@ -55,12 +67,49 @@ version = ".".join(release.split(".")[:2])
 
 # -- general -------------------------------------------------------------------
 
-extensions = ["sphinx.ext.autodoc"]
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "myst_parser",  # CHANGELOG.md, included by changelog.rst
+    "public_names",  # _ext/public_names.py: no private names in signatures
+]
 
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
-pygments_style = "sphinx"
+source_suffix = {".rst": "restructuredtext"}
+exclude_patterns = ["_build", "_inventories", "Thumbs.db", ".DS_Store"]
 highlight_language = "python3"
+nitpicky = True
+nitpick_ignore = [
+    # SQLAlchemy classes that its annotations (mirrored here) use but its docs do
+    # not document, so there is nothing to link to.
+    ("py:class", "TypedReturnsRows"),
+    ("py:class", "ORMOption"),
+    ("py:class", "sqlalchemy.engine.result.RMKeyView"),
+]
+
+
+def _error_suffix_example() -> str:
+    """How an error message ends, as :mod:`async_orm.exc` writes it (errors.rst
+    quotes it, so the page cannot disagree with the messages)."""
+    from async_orm.exc import EventLoopIOError
+
+    error = EventLoopIOError.__new__(EventLoopIOError)  # _code_str() reads only .code
+    return error._code_str()
+
+
+rst_epilog = f".. |error-suffix-example| replace:: ``{_error_suffix_example()}``\n"
+
+# -- intersphinx -----------------------------------------------------------------
+
+# Each inventory is read from the committed file only, so the build is the same
+# offline (CI) as online; links point at the online docs of the same version.
+INVENTORIES = HERE / "_inventories"
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3/", str(INVENTORIES / "python.inv")),
+    "sqlalchemy": ("https://docs.sqlalchemy.org/en/21/", str(INVENTORIES / "sqlalchemy.inv")),
+    "django": ("https://docs.djangoproject.com/en/5.2/", str(INVENTORIES / "django.inv")),
+    "psycopg": ("https://www.psycopg.org/psycopg3/docs/", str(INVENTORIES / "psycopg.inv")),
+}
 
 # -- autodoc -------------------------------------------------------------------
 
@@ -72,19 +121,29 @@ autodoc_preserve_defaults = True
 # Docstrings are written for this library; never show SQLAlchemy's in their place.
 autodoc_inherit_docstrings = False
 
+# private module-level defaults in signatures, shown by value (see _ext/public_names.py)
+public_names_defaults = {
+    "_POPULATE_EXISTING_DEFAULT": repr(_POPULATE_EXISTING_DEFAULT),
+    "DEFAULT_DB_ALIAS": repr(DEFAULT_DB_ALIAS),
+}
+# Public aliases shown by name instead of expanded.
+autodoc_type_aliases = {
+    name: f"~async_orm.asgi.{name}" for name in ("ASGIApp", "Scope", "Receive", "Send", "Message")
+}
+
+# -- myst (the changelog) -------------------------------------------------------
+
+myst_heading_anchors = 3
+
 # -- html ----------------------------------------------------------------------
 
-html_theme = "alabaster"
+html_theme = "furo"
 html_title = f"async_orm {release}"
 html_static_path = ["_static"]
 html_css_files = ["async_orm.css"]
 html_theme_options = {
-    "description": "SQLAlchemy's asyncio API over sync drivers, without greenlet",
-    "fixed_sidebar": True,
-    "page_width": "1140px",
-    "sidebar_width": "240px",
+    "navigation_with_keys": True,
 }
-html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
 html_show_sourcelink = False
 
 # -- .. optional-toctree:: -----------------------------------------------------
@@ -110,27 +169,6 @@ class OptionalTocTree(TocTree):
             return []
         self.content = kept
         return super().run()
-
-
-# -- .. changelog:: ------------------------------------------------------------
-
-CHANGELOG = ROOT / "CHANGELOG.md"
-
-
-class Changelog(SphinxDirective):
-    """``CHANGELOG.md`` as a literal block, or a note that there is none yet."""
-
-    has_content = False
-
-    def run(self) -> list[nodes.Node]:
-        self.env.note_dependency(str(CHANGELOG))
-        if not CHANGELOG.is_file():
-            text = "No release has been recorded yet: the repository has no CHANGELOG.md."
-            return [nodes.paragraph(text, text)]
-        text = CHANGELOG.read_text(encoding="utf-8")
-        block = nodes.literal_block(text, text)
-        block["language"] = "text"
-        return [block]
 
 
 # -- .. public-api:: ------------------------------------------------------------
@@ -230,9 +268,9 @@ INHERITED_RESULT_DOCS = {
     "yield_per": [
         "Fetch ``num`` rows per thread hop from now on, and return this result.",
         "",
-        "Without it, ``async for``, :meth:`fetchone`, :meth:`fetchmany` and",
-        ":meth:`partitions` fetch the ``yield_per`` execution option's number of",
-        "rows per hop, or 1000.",
+        "Without it, ``async for`` and the fetching methods (``fetchmany()``,",
+        "``partitions()``, ...) fetch the ``yield_per`` execution option's number",
+        "of rows per hop, or 1000.",
     ],
 }
 
@@ -274,27 +312,6 @@ def process_docstring(
         lines[:] = list(INHERITED_RESULT_DOCS[short])
 
 
-def process_signature(
-    app: Any,
-    what: str,
-    name: str,
-    obj: Any,
-    options: Any,
-    signature: str | None,
-    return_annotation: str | None,
-) -> tuple[str | None, str | None] | None:
-    """Render ``*arg: P.args, **kw: P.kwargs`` (``run_sync``) as Python spells it.
-
-    autodoc stringifies those ParamSpec annotations as ``~typing.~_P``, which Sphinx
-    cannot parse, so the whole signature would be shown as raw text.
-    """
-    if not signature or "~typing.~" not in signature:
-        return None
-    signature = re.sub(r"\*\*(\w+): ~typing\.~(\w+)", r"**\1: \2.kwargs", signature)
-    signature = re.sub(r"\*(\w+): ~typing\.~(\w+)", r"*\1: \2.args", signature)
-    return signature, return_annotation
-
-
 def process_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
     """Hide the private ``_Documented`` mixin of the errors; show what to catch."""
     bases[:] = [base for base in bases if not getattr(base, "__name__", "").startswith("_")]
@@ -330,13 +347,45 @@ def check_error_sections(app: Any, env: Any) -> None:
             )
 
 
+def drop_local_contents(app: Any, doctree: nodes.document) -> None:
+    """Drop the pages' ``.. contents::`` boxes: furo lists a page's sections
+    itself ("On this page"), and styles a second list as an error."""
+    for topic in list(doctree.findall(nodes.topic)):
+        if "contents" in topic["classes"]:
+            topic.parent.remove(topic)
+
+
+#: Images at least this many pixels wide (the benchmark plots) get the class
+#: ``wide-figure``: _static/async_orm.css lets them use the room beside the text.
+WIDE_FIGURE_PX = 1000
+
+
+def _png_width(path: Path) -> int:
+    """The width of a PNG image, from its header; 0 for anything else."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(24)
+    except OSError:
+        return 0
+    if header[:8] != b"\x89PNG\r\n\x1a\n":
+        return 0
+    return int.from_bytes(header[16:20], "big")
+
+
+def mark_wide_figures(app: Any, doctree: nodes.document) -> None:
+    for image in doctree.findall(nodes.image):
+        uri = image.get("uri", "")
+        if _png_width(Path(app.srcdir) / uri) >= WIDE_FIGURE_PX:
+            image["classes"].append("wide-figure")
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("doctree-read", mark_wide_figures)
+    app.connect("doctree-read", drop_local_contents)
     app.connect("env-check-consistency", check_error_sections)
     app.add_directive("optional-toctree", OptionalTocTree)
-    app.add_directive("changelog", Changelog)
     app.add_directive("public-api", PublicAPI)
     app.connect("autodoc-skip-member", skip_member)
     app.connect("autodoc-process-docstring", process_docstring)
     app.connect("autodoc-process-bases", process_bases)
-    app.connect("autodoc-process-signature", process_signature)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -255,6 +255,91 @@ async def test_freeze_gives_a_reusable_frozen_result(maker: Maker, rows: int) ->
         assert [r.id for r in frozen().all()] == [1, 2, 3]  # again
 
 
+#: user 1 has two addresses: a join gives its name twice
+_joined = select(User.id, User.name, Address.email).join(User.addresses).order_by(Address.id)
+
+#: (what to apply to the result, on the sync Result and the AsyncResult alike)
+_FILTERS: dict[str, Callable[[Any], Any]] = {
+    "columns by name": lambda r: r.columns("name"),
+    "columns by position": lambda r: r.columns(2, 0),
+    "unique": lambda r: r.columns("id", "name").unique(),
+    "columns then unique": lambda r: r.columns("name").unique(),
+    "unique with a strategy": lambda r: r.unique(lambda row: row.name),
+}
+
+
+def _frozen_rows(frozen: FrozenResult[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    thawed = frozen()
+    return list(thawed.keys()), [tuple(row) for row in thawed.all()]
+
+
+@pytest.mark.parametrize("applied", list(_FILTERS))
+async def test_freeze_after_columns_or_unique_holds_the_filtered_rows(
+    maker: Maker, rows: int, applied: str
+) -> None:
+    apply = _FILTERS[applied]
+    async with maker() as session:
+        iterated = [tuple(row) async for row in apply(await session.stream(_joined))]
+        frozen = await apply(await session.stream(_joined)).freeze()
+        keys, frozen_rows = _frozen_rows(frozen)
+        # SQLAlchemy's own freeze() of the same sync result, on the same database
+        expected = await session.run_sync(
+            lambda sync: _frozen_rows(apply(sync.execute(_joined)).freeze())
+        )
+    assert frozen_rows == iterated  # exactly what iterating the filtered result gives
+    assert (keys, frozen_rows) == expected
+    assert len(frozen_rows) < 3 if "unique" in applied else len(frozen_rows) == 2
+    assert len(keys) == len(frozen_rows[0])
+
+
+async def test_freeze_of_a_connection_stream_after_columns_and_unique(
+    engine: async_orm.AsyncEngine, rows: int
+) -> None:
+    async with engine.connect() as conn:
+        result = await conn.stream(_joined)
+        frozen = await result.columns("name").unique().freeze()
+        assert _frozen_rows(frozen) == (["name"], [("u001",)])
+        expected = await conn.run_sync(
+            lambda sync: _frozen_rows(sync.execute(_joined).columns("name").unique().freeze())
+        )
+        assert expected == (["name"], [("u001",)])
+
+
+async def test_freeze_of_an_orm_entity_result_is_sqlalchemys(maker: Maker, rows: int) -> None:
+    # a single-entity ORM result freezes its raw rows, as SQLAlchemy's does (which
+    # keeps them even under unique(): compared with the installed SQLAlchemy, not fixed)
+    entities = select(User).join(User.addresses).order_by(Address.id)
+    for apply in (lambda r: r, lambda r: r.unique()):
+        async with maker() as session:
+            frozen = await apply(await session.stream(entities)).freeze()
+            ours = [(type(row[0]), row[0].id) for row in frozen().all()]
+            theirs = await session.run_sync(
+                lambda sync, apply=apply: [
+                    (type(row[0]), row[0].id) for row in apply(sync.execute(entities)).freeze()()
+                ]
+            )
+        assert ours == theirs and ours[0] == (User, 1)
+
+
+async def test_async_for_over_a_unique_orm_stream(maker: Maker, rows: int) -> None:
+    # on PostgreSQL the ORM refuses sized fetches from a server-side cursor under
+    # unique(); the stream is then read in one hop, as SQLAlchemy's async for reads it
+    async with maker() as session:
+        result = (await session.stream(_joined)).columns("name").unique()
+        assert [tuple(row) async for row in result] == [("u001",)]
+        users = (await session.stream(select(User).join(User.addresses))).unique().scalars()
+        assert [user.id async for user in users] == [1]
+
+
+async def test_freeze_after_rows_were_read_is_refused(maker: Maker, rows: int) -> None:
+    async with maker() as session:
+        result = await session.stream(ordered)
+        await result.fetchone()
+        with pytest.raises(sa_exc.InvalidRequestError, match=r"freeze\(\) before reading"):
+            await result.freeze()
+        await result.close()
+
+
 async def test_a_view_of_a_partly_read_result_starts_at_the_next_row(
     maker: Maker, rows: int
 ) -> None:

@@ -190,3 +190,40 @@ async def test_close_all_through_the_scoped_class(maker: Maker, engine: Any, cle
         await async_orm.async_scoped_session.close_all()
     assert engine.pool.checkedout() == 0
     await scoped.remove()
+
+
+async def test_proxies_reach_the_session_of_the_scope_current_at_each_call(
+    maker: Maker, cleanup: Any
+) -> None:
+    scope = Scope()
+    scoped = async_orm.async_scoped_session(maker, scopefunc=scope)
+    cleanup(scoped)
+    ann = User(id=1, name="ann")
+    scoped.add(ann)
+    scoped.autoflush = False
+    scope.key = "b"
+    assert ann not in scoped and len(scoped.new) == 0 and scoped.autoflush is True
+    assert await scoped.get(User, 1) is None  # b's session sees no pending ann
+    scope.key = "a"
+    assert ann in scoped and scoped.autoflush is False
+    await scoped.commit()
+    scope.key = "b"
+    assert (await scoped.get_one(User, 1)) is not ann  # b loads its own copy
+    await scoped.remove()
+    scope.key = "a"
+    await scoped.remove()
+
+
+def test_every_proxy_is_declared_and_a_misspelled_name_is_an_attribute_error(
+    maker: Maker,
+) -> None:
+    # declared on the class (typed, visible to editors), not found by __getattr__
+    scoped = async_orm.async_scoped_session(maker, scopefunc=Scope())
+    assert not hasattr(async_orm.async_scoped_session, "__getattr__")
+    with pytest.raises(AttributeError, match="comit"):
+        scoped.comit  # type: ignore[attr-defined]  # noqa: B018
+    for name in ("commit", "get", "stream", "stream_scalars", "dirty", "close_all"):
+        assert name in vars(async_orm.async_scoped_session), name
+    assert async_orm.async_scoped_session.get.__doc__.startswith(  # type: ignore[union-attr]
+        "Proxy for :meth:`AsyncSession.get"
+    )

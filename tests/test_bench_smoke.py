@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from async_orm._bench import main
-from async_orm._bench.contestants import Contestant, unavailable_reason
-from async_orm._bench.measure import WORKLOADS
-from async_orm._bench.report import evaluate, targets_rst
+from async_orm_bench import cli, main
+from async_orm_bench.contestants import Contestant, unavailable_reason
+from async_orm_bench.measure import WORKLOADS
+from async_orm_bench.report import evaluate, targets_rst
 
 TINY = [
     "--quick",
@@ -60,7 +60,32 @@ def test_quick_bench_reports_every_async_orm_workload(bench_run) -> None:
     assert "peak_growth_mb" in summary["stream"]["async_orm"]["extras"]
     assert {t["id"] for t in data["targets"]} >= {"sqlite-get", "hop", "hops", "stream-mem"}
     assert "== pk_get" in printed
-    assert "targets (issue 6)" in printed
+    assert "== targets; ratios are medians of per-repeat pairs" in printed
+    assert "issue" not in printed
+
+
+def test_a_single_repeat_is_not_shown_with_a_spread(bench_run) -> None:
+    printed = bench_run[2]
+    assert "  async_orm  " in printed
+    assert "1 repeat" in printed
+    assert "±" not in printed  # one value: no spread measured, none printed
+
+
+def test_save_rerenders_a_run_into_the_results_folder(bench_run, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "RESULTS", tmp_path)  # instead of the checkout's benchmarks/results
+    assert main(["--save", "--report", str(bench_run[3] / "b.json")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sqlite-concurrency.png",
+        "sqlite-hops-memory.png",
+        "sqlite-throughput.png",
+        "sqlite.txt",
+        "targets.inc",
+    ]
+    txt = (tmp_path / "sqlite.txt").read_text()
+    assert txt.startswith("async_orm bench: sqlite") and "wrote " not in txt
+    # targets.inc is made of the saved runs' JSON, and this re-render saved none
+    assert (tmp_path / "targets.inc").read_text() == "(no results yet)\n"
 
 
 def test_report_rerenders_a_saved_run_with_plots(bench_run, tmp_path, capsys) -> None:

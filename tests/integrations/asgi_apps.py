@@ -4,7 +4,8 @@ request session of ``async_orm.asgi.AsyncSessionMiddleware``.
 ``Hooks`` lets a test hold requests at known points: a barrier that concurrent
 requests meet at while each holds its session, and a blocking ``run_sync``
 call (entered / release events) to cancel a request in the middle of a
-database call.
+database call.  ``CloseGate`` holds a session's close at the moment it returns
+its connection to the pool, to cancel a request while its session is closing.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import pytest
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, WebSocket
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -47,6 +50,43 @@ class Hooks:
         self.loop.call_soon_threadsafe(self.entered.set)
         if not self.release.wait(timeout=30):
             raise TimeoutError("the test never released the blocked call")
+
+
+class CloseGate:
+    """Holds the next connection returned to ``sync_engine``'s pool (a session
+    closing, on its worker thread) until the test sets :attr:`release`."""
+
+    def __init__(self, sync_engine: sa.Engine) -> None:
+        self.entered = asyncio.Event()
+        self.release = threading.Event()
+        self.loop = asyncio.get_running_loop()
+        self._armed = True
+        self._engine = sync_engine
+        event.listen(sync_engine, "reset", self._reset)
+
+    def _reset(self, *args: Any) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        self.loop.call_soon_threadsafe(self.entered.set)
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never released the held close")
+
+    async def cancel_while_held(self, request: asyncio.Task[Any]) -> None:
+        """Cancel ``request`` once a close is held; check that the request cannot end
+        before the close does; release the close; expect the ``CancelledError``."""
+        await asyncio.wait_for(self.entered.wait(), timeout=10)
+        request.cancel()
+        for _ in range(10):  # let the loop run: an unshielded close would end now
+            await asyncio.sleep(0)
+        assert not request.done(), "the request ended while its session was still closing"
+        self.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(request, timeout=10)
+
+    def remove(self) -> None:
+        self.release.set()
+        event.remove(self._engine, "reset", self._reset)
 
 
 async def _session_info(session: AsyncSession, hooks: Hooks) -> dict[str, Any]:

@@ -16,7 +16,13 @@ import async_orm
 from async_orm import AsyncSession, async_scoped_session, async_sessionmaker
 from async_orm.asgi import AsyncSessionMiddleware, Message, Scope, current_session
 from async_orm.scopes import context_scope
-from tests.integrations.asgi_apps import Hooks, build_fastapi, build_starlette, run_lifespan
+from tests.integrations.asgi_apps import (
+    CloseGate,
+    Hooks,
+    build_fastapi,
+    build_starlette,
+    run_lifespan,
+)
 from tests.integrations.conftest import assert_nothing_leaked
 from tests.integrations.rendezvous import Rendezvous
 from tests.models import User
@@ -184,6 +190,28 @@ async def test_cancelled_request_leaks_nothing(
         assert await names(engine) == []
         # the app keeps working
         assert (await client.post("/users", json={"name": "after"})).status_code == 201
+    assert await names(engine) == ["after"]
+    assert_nothing_leaked(engine)
+
+
+async def test_request_cancelled_while_its_session_closes_ends_after_the_close(
+    build_app: AppFactory,
+    scoped: async_scoped_session[AsyncSession],
+    hooks: Hooks,
+    engine: async_orm.AsyncEngine,
+) -> None:
+    """The handler failed after writing, so the session is closed (rolled back); a
+    cancellation that arrives while it closes does not cut the close short: the
+    request ends with the CancelledError only once the connection is back."""
+    gate = CloseGate(engine.sync_engine)
+    try:
+        async with client_for(build_app(scoped, hooks)) as client:
+            await gate.cancel_while_held(asyncio.create_task(client.post("/fail")))
+            assert_nothing_leaked(engine)
+            assert await names(engine) == []
+            assert (await client.post("/users", json={"name": "after"})).status_code == 201
+    finally:
+        gate.remove()
     assert await names(engine) == ["after"]
     assert_nothing_leaked(engine)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
+import django
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -18,7 +20,7 @@ from sqlalchemy import select
 import async_orm
 from async_orm import django as async_orm_django
 from async_orm.asgi import AsyncSessionMiddleware
-from tests.integrations.asgi_apps import run_lifespan
+from tests.integrations.asgi_apps import CloseGate, run_lifespan
 from tests.integrations.conftest import assert_nothing_leaked
 from tests.integrations.django_project import views
 from tests.integrations.rendezvous import Rendezvous
@@ -96,6 +98,24 @@ async def test_autocommit_setting_off_leaves_commit_to_the_view(
     )
     assert response.status_code == 201
     assert await names(django_engine) == []
+    assert_nothing_leaked(django_engine)
+
+
+async def test_autocommit_setting_may_be_a_rule_taking_the_status(
+    django_engine: async_orm.AsyncEngine, settings: Any
+) -> None:
+    statuses: list[int] = []
+
+    def only_created(status: int) -> bool:
+        statuses.append(status)
+        return status == 201
+
+    settings.ASYNC_ORM_AUTOCOMMIT = only_created
+    client = AsyncClient()
+    await client.post("/users/", {"name": "kept"}, content_type="application/json")
+    assert (await client.get("/conflict-after-write/")).status_code == 409
+    assert statuses == [201, 409]
+    assert await names(django_engine) == ["kept"]
     assert_nothing_leaked(django_engine)
 
 
@@ -308,4 +328,135 @@ async def test_django_asgi_app_wrapped_in_the_asgi_middleware_disposes_at_shutdo
     assert replies == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert django_engine.sync_engine.pool is not first_pool
     assert first_pool.checkedin() == 0  # type: ignore[attr-defined]
+    assert_nothing_leaked(django_engine)
+
+
+# -- the request-session policy, with two databases --------------------------------------
+
+
+@pytest.fixture
+async def two_engines(
+    db_url: tuple[str, dict[str, Any]],
+    second_db_url: tuple[str, dict[str, Any]],
+    settings: Any,
+) -> AsyncIterator[tuple[async_orm.AsyncEngine, async_orm.AsyncEngine]]:
+    """``default`` and ``other`` in ``ASYNC_ORM_DATABASES``, each with the test
+    tables; at the end nothing may be checked out of either."""
+    from tests.models import Base
+
+    settings.ASYNC_ORM_DATABASES = {
+        alias: {"URL": url, "ENGINE_OPTIONS": {"pool_size": 5, "max_overflow": 5, **kwargs}}
+        for alias, (url, kwargs) in {"default": db_url, "other": second_db_url}.items()
+    }
+    engines = (async_orm_django.get_engine(), async_orm_django.get_engine("other"))
+    for engine in engines:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+    yield engines
+    checked_out = [engine.pool.checkedout() for engine in engines]  # type: ignore[attr-defined]
+    await async_orm_django.dispose_engines()
+    assert checked_out == [0, 0], f"connections still checked out at teardown: {checked_out}"
+
+
+async def test_every_database_of_a_successful_request_is_committed(
+    two_engines: tuple[async_orm.AsyncEngine, async_orm.AsyncEngine],
+) -> None:
+    default, other = two_engines
+    response = await AsyncClient().post("/two-databases/?outcome=ok")
+    assert response.status_code == 201
+    assert await names(default) == ["in-default"]
+    assert await names(other) == ["in-other"]
+    assert_nothing_leaked(default)
+    assert_nothing_leaked(other)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        "duplicate",  # the first database's commit fails: the one after it is not committed
+        "raise",  # the view raises after writing to both: neither is committed
+    ],
+)
+async def test_a_failing_commit_or_view_commits_no_database_and_is_a_500(
+    two_engines: tuple[async_orm.AsyncEngine, async_orm.AsyncEngine], outcome: str
+) -> None:
+    default, other = two_engines
+    response = await AsyncClient(raise_request_exception=False).post(
+        f"/two-databases/?outcome={outcome}"
+    )
+    assert response.status_code == 500
+    assert await names(default) == []
+    assert await names(other) == []
+    assert_nothing_leaked(default)
+    assert_nothing_leaked(other)
+
+
+async def test_request_cancelled_while_closing_still_closes_every_database(
+    two_engines: tuple[async_orm.AsyncEngine, async_orm.AsyncEngine],
+) -> None:
+    """The cancellation arrives while the first session closes: that close is
+    finished, the second session is closed too, then the CancelledError ends the
+    request."""
+    default, other = two_engines
+    gate = CloseGate(default.sync_engine)
+    try:
+        client = AsyncClient(raise_request_exception=False)
+        await gate.cancel_while_held(
+            asyncio.create_task(client.post("/two-databases/?outcome=raise"))
+        )
+    finally:
+        gate.remove()
+    assert_nothing_leaked(default)
+    assert_nothing_leaked(other)
+    assert await names(default) == []
+    assert await names(other) == []
+
+
+@pytest.mark.skipif(
+    django.VERSION < (5, 0), reason="Django cancels a view on disconnect from 5.0 on"
+)
+async def test_client_going_away_cancels_the_view_and_commits_nothing(
+    django_engine: async_orm.AsyncEngine,
+) -> None:
+    """Under Django's ASGI handler, a client that disconnects cancels the view;
+    the middleware closes the session, committing nothing."""
+    from django.core.asgi import get_asgi_application
+
+    views.entered = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        assert views.entered is not None
+        await views.entered.wait()  # the view wrote and is waiting
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/wait-for-disconnect/",
+        "raw_path": b"/wait-for-disconnect/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    try:
+        await asyncio.wait_for(get_asgi_application()(scope, receive, send), timeout=10)
+    finally:
+        views.entered = None
+    assert not any(message["type"] == "http.response.start" for message in sent)
+    assert await names(django_engine) == []
     assert_nothing_leaked(django_engine)

@@ -1,6 +1,7 @@
 """Return types of the statement methods, as ``sqlalchemy.ext.asyncio`` 2.1
 declares them (its overloads on ``TypedReturnsRows``), checked by ``mypy
---strict`` (see tests/test_typing.py); never imported or run by pytest.
+--strict`` and pyright (strict) (see tests/test_typing.py); never imported or
+run by pytest.
 
 Code moved from ``sqlalchemy.ext.asyncio`` keeps its inferred types only if
 each of these holds.
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import String, select
+from sqlalchemy import select
 from sqlalchemy.engine import CursorResult, Result, Row, RowMapping, ScalarResult
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from typing_extensions import assert_type
+from typing_models import User
 
 from async_orm import (
     AsyncConnection,
@@ -22,17 +23,6 @@ from async_orm import (
     AsyncSession,
     AsyncTupleResult,
 )
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
 
 
 async def session_statements(session: AsyncSession) -> None:
@@ -63,3 +53,21 @@ async def streamed_rows(session: AsyncSession) -> None:
         assert_type(user_id, int)
     async for mapping in result.mappings():
         assert_type(mapping, RowMapping)
+    async for pair in result.t:
+        assert_type(pair, tuple[int, str])
+    assert_type(await result.t.all(), Sequence[tuple[int, str]])
+    assert_type(await result.t.one(), tuple[int, str])
+    assert_type(await (await session.stream(select(User.id))).t.scalar_one(), int)
+    async for user in await session.stream_scalars(select(User)):
+        assert_type(user, User)
+    async for mapping in (await session.stream(select(User))).mappings().unique():
+        assert_type(mapping, RowMapping)
+
+
+async def streamed_rows_of_a_connection(conn: AsyncConnection) -> None:
+    async for row in await conn.stream(select(User.id, User.name)):
+        assert_type(row, Row[int, str])
+    async for name in await conn.stream_scalars(select(User.name)):
+        assert_type(name, str)
+    async for partition in (await conn.stream(select(User.id))).partitions(100):
+        assert_type(partition, Sequence[Row[int]])

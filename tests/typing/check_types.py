@@ -1,42 +1,27 @@
-"""Static typing of async_orm's API, checked by ``mypy --strict`` (see
-tests/test_typing.py); never imported or run by pytest.
+"""Static typing of async_orm's API, checked by ``mypy --strict`` and pyright
+(strict) (see tests/test_typing.py); never imported or run by pytest.
 
 Each ``assert_type`` states the type a user of ``sqlalchemy.ext.asyncio`` gets
-from the same expression.  The ``# type: ignore[arg-type]`` lines prove that
-mypy *rejects* a wrong call: with ``warn_unused_ignores`` (part of --strict) an
-ignore that suppresses nothing is itself an error.
+from the same expression.  The ``# type: ignore[arg-type]`` and ``# pyright:
+ignore[reportArgumentType]`` lines prove that mypy and pyright *reject* a wrong
+call: under both an ignore that suppresses nothing is itself an error.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import String, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, ScalarResult
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from typing_extensions import assert_type
+from typing_models import MySession, User
 
 from async_orm import (
-    AsyncAttrs,
     AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-
-
-class Base(AsyncAttrs, DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(50))
-
-
-class MySession(AsyncSession):
-    pass
 
 
 def describe(session: Session, n: int) -> str:
@@ -57,12 +42,12 @@ async def session_queries(session: AsyncSession) -> None:
 async def run_sync_is_typed_with_concatenate(session: AsyncSession) -> None:
     assert_type(await session.run_sync(describe, 1), str)
     assert_type(await session.run_sync(describe, n=2), str)
-    await session.run_sync(describe, "one")  # type: ignore[arg-type]
+    await session.run_sync(describe, "one")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def connection_run_sync(conn: AsyncConnection) -> None:
     assert_type(await conn.run_sync(count_on, "users"), int)
-    await conn.run_sync(count_on, 1)  # type: ignore[arg-type]
+    await conn.run_sync(count_on, 1)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def sessionmaker_is_generic() -> None:

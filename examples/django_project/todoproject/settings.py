@@ -9,7 +9,12 @@ USE_TZ = True
 
 INSTALLED_APPS = ["todos"]
 MIDDLEWARE = [
+    # Django's own (as startproject writes them, less the contrib apps'): the JSON
+    # views are csrf_exempt, since their clients are programs with no CSRF token
+    "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # one async_orm session per request: committed if the response is < 400
     "async_orm.django.AsyncSessionMiddleware",
 ]

@@ -13,4 +13,6 @@ urlpatterns = [
     path("sync/request-session/", views.sync_view_using_request_session),
     path("async-calls-sync/", views.async_view_calling_sync_helper),
     path("engine-id/", views.async_engine_id),
+    path("two-databases/", views.two_databases),
+    path("wait-for-disconnect/", views.wait_for_disconnect),
 ]

@@ -3,6 +3,7 @@ and sync views sharing the engine or the request session."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any
@@ -18,6 +19,8 @@ from tests.models import Address, User
 
 #: set by a test to make concurrent requests wait for each other
 barrier: Rendezvous | None = None
+#: set by a test to learn that a request is waiting for the client to go away
+entered: asyncio.Event | None = None
 
 
 def _json(request: HttpRequest) -> Any:
@@ -141,3 +144,34 @@ async def async_view_calling_sync_helper(request: HttpRequest) -> HttpResponse:
 
 async def async_engine_id(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"engine": id(get_engine().sync_engine)})
+
+
+async def two_databases(request: HttpRequest) -> HttpResponse:
+    """Writes to the default database and to "other"; ``?outcome=`` says how the
+    view ends: ``ok`` (201), ``duplicate`` (201, but the default database's commit
+    fails), ``raise`` (an exception after both flushed)."""
+    outcome = request.GET.get("outcome", "ok")
+    default, other = current_session(), current_session("other")
+    if outcome == "duplicate":
+        default.add(
+            User(name="dup", addresses=[Address(email="same@x.org"), Address(email="same@x.org")])
+        )
+    else:
+        default.add(User(name="in-default"))
+        await default.flush()
+    other.add(User(name="in-other"))
+    await other.flush()
+    if outcome == "raise":
+        raise RuntimeError("the view failed after writing to both databases")
+    return JsonResponse({"written": True}, status=201)
+
+
+async def wait_for_disconnect(request: HttpRequest) -> HttpResponse:
+    """Writes, then waits until the request is cancelled (the client went away)."""
+    session = current_session()
+    session.add(User(name="abandoned"))
+    await session.flush()
+    assert entered is not None
+    entered.set()
+    await asyncio.Event().wait()
+    return HttpResponse(status=201)  # pragma: no cover - never reached
