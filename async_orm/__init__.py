@@ -7,6 +7,9 @@ worker thread that the session (or connection) owns for its lifetime.
 
 from . import exc as exc
 from ._guard import allow_loop_io as allow_loop_io
+from ._standin import install_as_sqlalchemy_asyncio as install_as_sqlalchemy_asyncio
+from ._worker import call_soon_in_loop as call_soon_in_loop
+from ._worker import create_task_in_loop as create_task_in_loop
 from .engine import AsyncConnection as AsyncConnection
 from .engine import AsyncEngine as AsyncEngine
 from .engine import AsyncTransaction as AsyncTransaction
@@ -45,8 +48,11 @@ __all__ = [
     "async_scoped_session",
     "async_session",
     "async_sessionmaker",
+    "call_soon_in_loop",
     "close_all_sessions",
     "create_async_engine",
     "create_async_pool_from_url",
+    "create_task_in_loop",
     "exc",
+    "install_as_sqlalchemy_asyncio",
 ]

@@ -349,7 +349,7 @@ def await_only(awaitable: Awaitable[_T]) -> _T:
     """
     loop = _worker.calling_loop()
     if loop is not None:
-        return asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), loop).result()
+        return _worker.run_in_calling_loop(_as_coroutine(awaitable))
     original = _originals.get("await_only") or _originals.get("await_")
     if original is not None and _in_real_greenlet():
         return original(awaitable)  # type: ignore[no-any-return]

@@ -36,6 +36,7 @@ The model:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import enum
 import itertools
@@ -53,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from typing_extensions import TypeVarTuple, Unpack
 
 from . import _guard, _interrupt, _sa_compat, exc
 
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import Pool
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 _log = logging.getLogger("async_orm")
 
 _get_ident = threading.get_ident
@@ -431,6 +434,9 @@ class Worker:
                 if isinstance(error, StopIteration):
                     # asyncio futures refuse StopIteration; keep the original as cause
                     value = RuntimeError(f"run_sync function raised StopIteration: {error!r}")
+                    value.__cause__ = error
+                elif type(error) is RuntimeError and error.args == ("no running event loop",):
+                    value = RuntimeError(_NO_LOOP_ON_WORKER.format(name=self.name))
                     value.__cause__ = error
             current.call = None
             with interrupt_lock, lock:
@@ -1547,6 +1553,108 @@ def new_runner(engines: list[Engine], owner_name: str, *, reusable: bool = True)
     else:
         home = _several_binds_limiter
     return Runner(home, owner_name, reusable=reusable)
+
+
+# --------------------------------------------------------------------------
+# back to the event loop, from code a worker runs (listeners, library shims)
+#
+# Session and engine listeners (``after_commit``, ``before_flush``, ...) run where
+# the sync SQLAlchemy call runs: on the session's worker thread, which has no
+# running event loop.  These hand work to the loop of the task that awaited the
+# call (the one that fired the event), thread-safely; on an event loop thread they
+# are ``loop.create_task()`` and ``loop.call_soon()``.  The one-line migration::
+#
+#     asyncio.create_task(invalidate(keys))            # before
+#     async_orm.create_task_in_loop(invalidate(keys))  # after
+
+
+def _no_loop(helper: str) -> RuntimeError:
+    return RuntimeError(
+        f"async_orm.{helper}() found no event loop to schedule on: it was called neither "
+        "on an event loop thread nor on an async_orm worker thread running an awaited "
+        "call (such as a listener fired by 'await session.commit()'). Call it from a "
+        "listener of an AsyncSession/AsyncConnection call or from async code; in plain "
+        "sync code, run the work directly."
+    )
+
+
+def _loop_context() -> contextvars.Context:
+    """The caller's context variables, less the marker that says "inside this session's
+    run_sync()": the scheduled work runs later, on the loop, where using the session
+    again is fine (it is served after the call in flight)."""
+    context = contextvars.copy_context()
+    context.run(_inside_runner.set, None)
+    return context
+
+
+def create_task_in_loop(
+    coro: Coroutine[Any, Any, _T],
+) -> asyncio.Task[_T] | concurrent.futures.Future[_T]:
+    """Run ``coro`` as a task of the event loop that awaits the current call.
+
+    The thread-safe replacement for ``asyncio.create_task(coro)`` in session and
+    engine listeners, which async_orm runs on the session's worker thread.  On a
+    worker thread it returns a :class:`concurrent.futures.Future` of the task's
+    result (as :func:`asyncio.run_coroutine_threadsafe`; cancelling it cancels the
+    task); on an event loop thread it is ``loop.create_task(coro)`` and returns the
+    :class:`asyncio.Task`.  Both have ``add_done_callback()``, ``cancel()`` and
+    ``result()``.  Never blocks: the task starts once the loop gets to it.
+    """
+    loop = calling_loop()
+    if loop is not None:
+        return _loop_context().run(asyncio.run_coroutine_threadsafe, coro, loop)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        coro.close()  # never awaited: close it rather than warn "never awaited"
+        raise _no_loop("create_task_in_loop") from None
+    return running.create_task(coro)
+
+
+def call_soon_in_loop(
+    callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+) -> asyncio.Handle:
+    """Call ``callback(*args)`` soon on the event loop that awaits the current call.
+
+    The thread-safe replacement for ``asyncio.get_running_loop().call_soon(...)``
+    in session and engine listeners: on an async_orm worker thread it is
+    ``loop.call_soon_threadsafe(callback, *args)`` for the loop of the task that
+    fired the event; on an event loop thread it is ``loop.call_soon(callback, *args)``.
+    """
+    loop = calling_loop()
+    if loop is not None:
+        return loop.call_soon_threadsafe(callback, *args, context=_loop_context())
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        raise _no_loop("call_soon_in_loop") from None
+    return running.call_soon(callback, *args)
+
+
+def run_in_calling_loop(coro: Coroutine[Any, Any, _T]) -> _T:
+    """On a worker thread running an awaited call: run ``coro`` on the loop that
+    awaits the call and wait for its result (asgiref's ``async_to_sync`` hand-back).
+    RuntimeError when this thread runs no such call."""
+    loop = calling_loop()
+    if loop is None:
+        coro.close()
+        raise RuntimeError("no awaited call runs on this thread to hand the coroutine to")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def reentrant_lock() -> Any:
+    """A re-entrant lock, for module state that sync threads share (Django settings)."""
+    return threading.RLock()
+
+
+_NO_LOOP_ON_WORKER: Final = (
+    "no running event loop: this code ran on async_orm's worker thread {name!r}, which "
+    "runs the session's sync calls and their event listeners and has no event loop, so "
+    "asyncio.get_running_loop() and asyncio.create_task() fail there. Schedule the work "
+    "on the event loop that awaited the call: async_orm.create_task_in_loop(coro) "
+    "instead of asyncio.create_task(coro), async_orm.call_soon_in_loop(fn, *args) "
+    "instead of loop.call_soon(fn, *args)."
+)
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,6 @@ This module imports Django only when a function needing settings is called.
 from __future__ import annotations
 
 import importlib
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Concatenate, Protocol, TypeVar
@@ -46,6 +45,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
+from . import _worker
 from ._requests import CommitRule, abort_sessions, commit_on_success, end_sessions, should_commit
 from .engine import AsyncEngine, create_async_engine
 from .scopes import local_scope
@@ -95,7 +95,7 @@ _DJANGO_ONLY_OPTIONS = frozenset(
 
 _V = TypeVar("_V")
 
-_lock = threading.RLock()
+_lock = _worker.reentrant_lock()
 _engines: dict[str, AsyncEngine] = {}
 _makers: dict[str, async_sessionmaker[AsyncSession]] = {}
 _scoped: dict[str, async_scoped_session[AsyncSession]] = {}

@@ -76,6 +76,14 @@ ADDITIONS: dict[tuple[str, str], str] = {
     ("", "allow_loop_io"): (
         "the documented opt-out of the event-loop I/O guard (design invariant 3)."
     ),
+    ("", "install_as_sqlalchemy_asyncio"): (
+        "the opt-in stand-in that makes 'import sqlalchemy.ext.asyncio' resolve to "
+        "async_orm, for libraries built for SQLAlchemy's asyncio extension."
+    ),
+    ("", "create_task_in_loop"): (
+        "asyncio.create_task() for listeners, which run on the worker thread."
+    ),
+    ("", "call_soon_in_loop"): ("loop.call_soon() for listeners, which run on the worker thread."),
 }
 #: In ``exc``, the library's own errors are additions too (issue 3, item 5), as
 #: long as they are SQLAlchemy errors that existing ``except`` clauses catch.

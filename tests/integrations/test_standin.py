@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 import async_orm
-from async_orm._in_loop import call_soon_in_loop, create_task_in_loop
+from async_orm import call_soon_in_loop, create_task_in_loop
 from async_orm._standin import await_only, greenlet_spawn
 from tests.conftest import StatementThreads
 from tests.integrations.thirdparty import (
