@@ -330,10 +330,13 @@ def missing_reference(
         uri = _inventory_uri(env, "sqlalchemy", "std:doc", MODULE_PAGES[target])
         if uri is not None:
             return nodes.reference("", "", contnode, internal=False, refuri=uri)
-    if head in _async_orm_names():
-        # a bare public name (``AsyncSession``) from a submodule's docstring
+    if head == "async_orm" or head in _async_orm_names():
+        # A bare public name (``AsyncSession``) from a submodule's docstring, or an
+        # alias documented as data (``async_orm.asgi.ASGIApp``) in an annotation,
+        # which the ``class`` role finds only on Sphinx 9 and later: any object type.
+        full = target if head == "async_orm" else f"async_orm.{target}"
         return env.get_domain("py").resolve_xref(
-            env, node["refdoc"], app.builder, reftype, f"async_orm.{target}", node, contnode
+            env, node["refdoc"], app.builder, "obj", full, node, contnode
         )
     documented = _sqlalchemy_name(env, reftype, target)
     if documented is None or documented == target:
