@@ -33,7 +33,7 @@ class _Documented(sa_exc.SQLAlchemyError):
     def _code_str(self) -> str:
         if not self.code:
             return ""
-        return f"(see 'Errors' in the async_orm docs, section {self.code})"
+        return f"(see 'Errors reference' in the async_orm docs, section {self.code})"
 
 
 class AsyncMethodRequired(_Documented, sa_exc.InvalidRequestError):

@@ -2,7 +2,7 @@
 
 Mirrors ``sqlalchemy.ext.asyncio.session``.  Every awaitable method runs the
 sync :class:`~sqlalchemy.orm.Session` method of the same name on the session's
-worker thread (see :mod:`async_orm._worker`): one hop per awaited call, in
+worker thread (see :doc:`threading`): one hop per awaited call, in
 submission order.  Methods that touch no connection (``add``, ``expunge``,
 ``close`` of a session with no transaction, ...) run in place while the worker
 is idle, and queue behind the calls in flight otherwise.

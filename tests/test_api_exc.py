@@ -48,7 +48,7 @@ def _check_message(error: BaseException, *hints: str) -> None:
         assert hint.lower() in text.lower(), (
             f"{type(error).__name__} message lacks {hint!r}: {text}"
         )
-    assert "see 'Errors' in the async_orm docs, section" in text, (
+    assert "see 'Errors reference' in the async_orm docs, section" in text, (
         f"no pointer to the errors page: {text}"
     )
 

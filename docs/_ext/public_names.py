@@ -67,6 +67,8 @@ ALIASES: dict[str, str] = {
     "_asyncio.Task": "Task",
     # defaults
     "util.EMPTY_DICT": "{{}}",
+    # worker_timeout not given: the pool's own pool_timeout applies
+    "_worker._UNSET": "<pool_timeout>",
 }
 
 #: The documented objects that the names in ``ALIASES``' spellings stand for.
