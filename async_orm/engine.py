@@ -956,7 +956,7 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
 
     @property
     def is_valid(self) -> bool:
-        """True while the transaction can still be used (like the sync ``Transaction.is_valid``)."""
+        """True while the transaction can still be used (as ``Transaction.is_valid``)."""
         return self._sync().is_valid
 
     @property
