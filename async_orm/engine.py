@@ -187,6 +187,10 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
             "streaming result set"
         )
     if "async_creator" in kw:
+        if "creator" in kw:
+            raise sa_exc.ArgumentError(
+                "Can only specify one of 'async_creator' or 'creator', not both."
+            )
         raise sa_exc.ArgumentError(
             "async_creator is for async drivers; async_orm runs sync drivers, so pass a "
             "sync connection factory as creator=... instead."
@@ -245,6 +249,25 @@ def _async_engine(sync_engine: Engine) -> AsyncEngine:
     return _proxy_for(sync_engine, lambda: AsyncEngine(sync_engine))
 
 
+class _ReversibleProxy:
+    """SQLAlchemy's reversible-proxy lookups (``_retrieve_proxy_for_target``,
+    ``_regenerate_proxy_for_target``), over the one registry above."""
+
+    __slots__ = ()
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Any) -> Any:
+        raise NotImplementedError()
+
+    @classmethod
+    def _retrieve_proxy_for_target(cls, target: Any, regenerate: bool = True) -> Any:
+        ref = _proxies.get(target)
+        found = ref() if ref is not None else None
+        if found is not None or not regenerate:
+            return found
+        return _proxy_for(target, lambda: cls._regenerate_proxy_for_target(target))
+
+
 async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
     """Engine-level work (dispose, raw_connection) on a pooled worker that takes no
     slot, so it works while every slot is busy."""
@@ -255,7 +278,7 @@ async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
 # StartableContext, AsyncConnectable
 
 
-class AsyncConnectable:
+class AsyncConnectable(_ReversibleProxy):
     """Base of :class:`AsyncEngine` and :class:`AsyncConnection`: something a
     session can be bound to."""
 
@@ -356,6 +379,10 @@ class AsyncEngine(AsyncConnectable):
             _register_proxy(sync_engine, self)
 
     # -- proxy comparisons ------------------------------------------------------
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Engine) -> AsyncEngine:
+        return AsyncEngine(target)
 
     @property
     def _proxied(self) -> Engine:
@@ -545,6 +572,10 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         return conn
 
     # -- proxy comparisons ------------------------------------------------------
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Connection) -> AsyncConnection:
+        return AsyncConnection(AsyncEngine._retrieve_proxy_for_target(target.engine), target)
 
     @property
     def _proxied(self) -> Connection:
@@ -906,7 +937,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 # AsyncTransaction
 
 
-class AsyncTransaction(StartableContext["AsyncTransaction"]):
+class AsyncTransaction(StartableContext["AsyncTransaction"], _ReversibleProxy):
     """An asyncio front for a sync :class:`~sqlalchemy.engine.Transaction`."""
 
     __slots__ = ("__weakref__", "connection", "nested", "sync_transaction")
@@ -915,6 +946,13 @@ class AsyncTransaction(StartableContext["AsyncTransaction"]):
         self.connection = connection
         self.nested = nested
         self.sync_transaction: Transaction | None = None
+
+    @classmethod
+    def _regenerate_proxy_for_target(cls, target: Transaction) -> AsyncTransaction:
+        connection = AsyncConnection._retrieve_proxy_for_target(target.connection)
+        wrapped = cls(connection, isinstance(target, NestedTransaction))
+        wrapped.sync_transaction = target
+        return wrapped
 
     @classmethod
     def _wrap(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
@@ -1008,13 +1046,13 @@ def _begin(begin: Callable[[], Any], is_ctxmanager: bool) -> Any:
 
 _sa_compat.refuse_inspection(
     AsyncConnection,
-    "Inspection on an AsyncConnection is not supported. Use await conn.run_sync(fn) to "
-    "pass a callable that calls inspect() on the sync connection it is given.",
+    "Inspection on an AsyncConnection is currently not supported. Use await "
+    "conn.run_sync(fn) to pass a callable that calls inspect() on the sync connection.",
 )
 _sa_compat.refuse_inspection(
     AsyncEngine,
-    "Inspection on an AsyncEngine is not supported. Get a connection, then use await "
-    "conn.run_sync(fn) to pass a callable that calls inspect() on the sync connection.",
+    "Inspection on an AsyncEngine is currently not supported. Get a connection, then use "
+    "await conn.run_sync(fn) to pass a callable that calls inspect() on the sync connection.",
 )
 
 

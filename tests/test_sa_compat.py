@@ -86,8 +86,8 @@ def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: 
         _sa_compat.override_session_method(session, name, spy(name))
     session.execute(sa.text("select 1"))
     session.commit()
-    assert calls[:2] == [_sa_compat.SESSION_EXECUTE, "get_bind"]
-    assert "commit" in calls and "flush" in calls
+    assert calls[0] == _sa_compat.SESSION_EXECUTE  # every ORM statement goes through it
+    assert {"get_bind", "flush", "commit"} <= set(calls)
     assert _sa_compat.session_has_changes(session) is False
     session.close()
     engine.dispose()

@@ -31,7 +31,7 @@ from sqlalchemy import String, event  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 from sqlalchemy.orm import Mapped, Session, mapped_column  # noqa: E402
 
-from async_orm._in_loop import create_task_in_loop  # noqa: E402
+from async_orm import create_task_in_loop  # noqa: E402
 
 MIGRATED = "--migrated" in sys.argv
 
