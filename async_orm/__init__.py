@@ -9,6 +9,7 @@ from . import exc as exc
 from ._guard import allow_loop_io as allow_loop_io
 from ._standin import install_as_sqlalchemy_asyncio as install_as_sqlalchemy_asyncio
 from ._worker import call_soon_in_loop as call_soon_in_loop
+from ._worker import configure as configure
 from ._worker import create_task_in_loop as create_task_in_loop
 from .engine import AsyncConnection as AsyncConnection
 from .engine import AsyncEngine as AsyncEngine
@@ -50,6 +51,7 @@ __all__ = [
     "async_sessionmaker",
     "call_soon_in_loop",
     "close_all_sessions",
+    "configure",
     "create_async_engine",
     "create_async_pool_from_url",
     "create_task_in_loop",

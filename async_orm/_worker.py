@@ -314,6 +314,7 @@ class _Call:
     __slots__ = (
         "args",
         "context",
+        "cpu",
         "fn",
         "future",
         "kind",
@@ -354,6 +355,8 @@ class _Call:
         self.received = True
         self.ok = True
         self.value: Any = None
+        #: the CPU the worker runs this call on (thread placement), None: anywhere
+        self.cpu: int | None = None
 
 
 _STOP: Final = object()
@@ -378,7 +381,7 @@ def calling_loop() -> asyncio.AbstractEventLoop | None:
 class Worker:
     """One daemon thread running calls in FIFO order."""
 
-    __slots__ = ("_queue", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
+    __slots__ = ("_queue", "cpu", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -387,6 +390,8 @@ class Worker:
         #: takes it before finishing a call, so an interrupt never lands on the next
         self.interrupt_lock = threading.Lock()
         self._queue: SimpleQueue[_Call | object] = SimpleQueue()
+        #: the CPU this thread is placed on (see configure()), None: the process's set
+        self.cpu: int | None = None
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
@@ -419,6 +424,9 @@ class Worker:
                     continue
                 call.state = _RUNNING
             current.call = call
+            cpu = call.cpu
+            if cpu != self.cpu and (cpu is not None or not _placement.enabled):
+                _placement.place_worker(self, cpu)
             ok = True
             try:
                 kw = call.kw
@@ -1044,6 +1052,8 @@ class Runner:
             raise self._cross_loop_error(loop)
         call = _Call(self, kind, fn, args, kw)
         fut = call.future = loop.create_future()
+        if _placement.enabled:
+            call.cpu = _placement.cpu_for(loop)
         call.loop = loop
         self._loop = loop
         self._pending += 1
@@ -1074,6 +1084,8 @@ class Runner:
             raise self._cross_loop_error(signal._token)
         call = _Call(self, kind, fn, args, kw)
         call.signal = signal
+        if _placement.enabled:
+            call.cpu = _placement.cpu_for(signal._token)
         self._loop = signal._token
         self._pending += 1
         worker.put(call)
@@ -1655,6 +1667,132 @@ _NO_LOOP_ON_WORKER: Final = (
     "instead of asyncio.create_task(coro), async_orm.call_soon_in_loop(fn, *args) "
     "instead of loop.call_soon(fn, *args)."
 )
+
+
+# --------------------------------------------------------------------------
+# thread placement
+
+
+class _Placement:
+    """Where worker threads run (``async_orm.configure(colocate_threads=True)``).
+
+    Under the GIL, an event loop and the workers serving it gain nothing from running
+    on different CPUs (their Python work is serialized anyway; the driver's waits need
+    no CPU), while every hand-over between them wakes another CPU.  With colocation
+    on, each event loop is given one CPU of the allowed set and the workers serving
+    its calls are placed on it (Linux ``sched_setaffinity`` of the worker thread
+    itself, once per change).  The CPU is chosen so that several processes on one
+    machine spread over the CPUs: the process id and the loop's number, modulo the
+    allowed set.  Threads the library does not own are never touched, unless
+    ``pin_event_loop=True`` asks for exactly that.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.pin_event_loop = False
+        self.cpus: tuple[int, ...] = ()
+        self._loops: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def supported() -> bool:
+        return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+    @staticmethod
+    def choose(pid: int, number: int, cpus: tuple[int, ...]) -> int:
+        """The CPU of loop ``number`` of process ``pid``: processes spread first."""
+        return cpus[(pid + number) % len(cpus)]
+
+    def cpu_for(self, loop: Any) -> int:
+        cpu = self._loops.get(loop)
+        if cpu is None:
+            with self._lock:
+                cpu = self._loops.get(loop)
+                if cpu is None:
+                    cpu = self.choose(os.getpid(), next(self._numbers), self.cpus)
+                    self._loops[loop] = cpu
+            if self.pin_event_loop:
+                os.sched_setaffinity(0, {cpu})  # this is the loop's own thread
+        return cpu
+
+    def place_worker(self, worker: Worker, cpu: int | None) -> None:
+        """On the worker's own thread: move it to ``cpu`` (None: the allowed set)."""
+        if not self.supported():
+            return
+        try:
+            os.sched_setaffinity(0, {cpu} if cpu is not None else set(_ALLOWED_CPUS))
+        except OSError:
+            _log.debug("could not place %s on CPU %s", worker.name, cpu, exc_info=True)
+            return
+        worker.cpu = cpu
+
+
+_ALLOWED_CPUS: tuple[int, ...] = (
+    tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+)
+_placement = _Placement()
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded CPython running without the GIL."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return bool(is_enabled()) if is_enabled is not None else True
+
+
+def configure(
+    *,
+    colocate_threads: bool | None = None,
+    cpus: Any = None,
+    pin_event_loop: bool | None = None,
+) -> dict[str, Any]:
+    """Process-wide settings of the thread boundary; returns the settings in force.
+
+    :param colocate_threads: run the worker threads that serve an event loop on one
+        CPU, the loop's (Linux; a no-op where ``os.sched_setaffinity`` is missing, and
+        refused with a ``RuntimeWarning`` on a free-threaded CPython, where spreading
+        is the better choice).  Off by default.  See "Thread placement" in the
+        threading page for when it helps and what it costs.
+    :param cpus: the CPUs to place loops on (default: the process's allowed CPUs when
+        the module was imported, e.g. as set by ``taskset``); each loop gets one,
+        spread by process id so that several server processes use different CPUs.
+    :param pin_event_loop: also pin each event loop's own thread to its CPU, at its
+        first call (async_orm never changes the affinity of a thread it does not own
+        unless asked for exactly this).
+    """
+    if colocate_threads is not None:
+        if colocate_threads and not gil_enabled():
+            warnings.warn(
+                "async_orm.configure(colocate_threads=True) was ignored: this CPython runs "
+                "without the GIL (free-threaded), where worker threads do their Python "
+                "work in parallel, so spreading them over the CPUs (the default) is the "
+                "better choice.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            colocate_threads = False
+        _placement.enabled = bool(colocate_threads) and _placement.supported()
+        _placement._loops = weakref.WeakKeyDictionary()
+    if cpus is not None:
+        chosen = tuple(sorted({int(cpu) for cpu in cpus}))
+        if not chosen or not set(chosen) <= set(_ALLOWED_CPUS or chosen):
+            raise ValueError(
+                f"cpus must be a non-empty subset of this process's allowed CPUs "
+                f"{list(_ALLOWED_CPUS)}, not {list(chosen)}"
+            )
+        _placement.cpus = chosen
+        _placement._loops = weakref.WeakKeyDictionary()
+    elif not _placement.cpus:
+        _placement.cpus = _ALLOWED_CPUS or (0,)
+    if pin_event_loop is not None:
+        _placement.pin_event_loop = bool(pin_event_loop)
+    return {
+        "colocate_threads": _placement.enabled,
+        "cpus": list(_placement.cpus),
+        "pin_event_loop": _placement.pin_event_loop,
+        "supported": _placement.supported(),
+        "gil_enabled": gil_enabled(),
+    }
 
 
 # --------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def run(argv: list[str] | None = None) -> int:
             f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}", file=sys.stderr
         )
         return 2
-    wanted = args.contestants or [c.name for c in CONTESTANTS]
+    wanted = args.contestants or [c.name for c in CONTESTANTS if c.default]
     unknown = [c for c in wanted if c not in BY_NAME]
     if unknown:
         names = ", ".join(BY_NAME)

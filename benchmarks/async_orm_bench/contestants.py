@@ -39,6 +39,16 @@ class Contestant:
     install: str
     driver: str = ""
     """SQLAlchemy driver name for async_api peers (``sqlite+aiosqlite`` ...)."""
+    configure: tuple[tuple[str, object], ...] = ()
+    """async_orm only: keyword arguments of ``async_orm.configure``, applied in the
+    measurement process before the engine is made (thread placement, issue 19)."""
+    default: bool = True
+    """In a run without ``--contestants``; the placement variants run only when named."""
+
+    @property
+    def is_async_orm(self) -> bool:
+        """async_orm itself, with or without ``configure`` settings."""
+        return self.name == "async_orm" or self.name.startswith("async_orm_")
 
     def runs_on(self, backend: str) -> bool:
         return not self.backends or backend in self.backends
@@ -48,6 +58,26 @@ CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("sync", "sync Session (direct)", "sync", frozenset(), (), "pip install sqlalchemy"),
     Contestant(
         "async_orm", "async_orm", "async_api", frozenset(), ("async_orm",), "pip install async_orm"
+    ),
+    Contestant(
+        "async_orm_colocated",
+        "async_orm (colocated)",
+        "async_api",
+        frozenset(),
+        ("async_orm",),
+        "pip install async_orm",
+        configure=(("colocate_threads", True),),
+        default=False,
+    ),
+    Contestant(
+        "async_orm_colocated_pinned",
+        "async_orm (colocated + loop pinned)",
+        "async_api",
+        frozenset(),
+        ("async_orm",),
+        "pip install async_orm",
+        configure=(("colocate_threads", True), ("pin_event_loop", True)),
+        default=False,
     ),
     Contestant(
         "sa_aiosqlite",
@@ -115,11 +145,13 @@ def unavailable_reason(contestant: Contestant, backend: str) -> str | None:
     missing = missing_modules(contestant.modules)
     if missing:
         return f"needs {', '.join(missing)}: {contestant.install}"
-    if contestant.name == "async_orm":
+    if contestant.is_async_orm:
         try:
             mod = importlib.import_module("async_orm")
         except Exception as exc:  # the package itself is broken: say so, keep benching peers
             return f"async_orm does not import: {exc!r}"
         if not hasattr(mod, "create_async_engine"):
             return "async_orm has no create_async_engine (core not installed)"
+        if contestant.configure and not hasattr(mod, "configure"):
+            return "this async_orm has no configure() (thread placement, issue 19)"
     return None

@@ -193,6 +193,50 @@ class Memory:
         return self._maxrss()
 
 
+def thread_placement() -> dict[str, Any]:
+    """Where this process's threads may run and last ran (Linux ``/proc``; else ``{}``).
+
+    ``{"loop": {...}, "workers": {"allowed": [...], "last_cpu": [...], "count": n}}``: the
+    ``Cpus_allowed_list`` of each thread and the CPU it last ran on (field 39 of its
+    ``stat``). Threads are found by their Python name (``async_orm-worker-*`` for the
+    workers), through ``native_id``: CPython before 3.14 does not give the OS thread its
+    Python name, so ``/proc/<pid>/task/*/comm`` shows ``python`` for every one of them.
+    """
+    if not os.path.isdir("/proc/self/task"):
+        return {}
+
+    def one(tid: int | None) -> tuple[str, int] | None:
+        if tid is None:
+            return None
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                allowed = next(
+                    line.split(":", 1)[1].strip()
+                    for line in f
+                    if line.startswith("Cpus_allowed_list:")
+                )
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                last = int(f.read().rsplit(")", 1)[1].split()[36])
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+        return allowed, last
+
+    out: dict[str, Any] = {"pid": os.getpid()}
+    me = one(threading.get_native_id())
+    if me is not None:
+        out["loop"] = {"allowed": me[0], "last_cpu": me[1]}
+    seen = [
+        one(t.native_id) for t in threading.enumerate() if t.name.startswith("async_orm-worker")
+    ]
+    got = [x for x in seen if x is not None]
+    out["workers"] = {
+        "count": len(got),
+        "allowed": sorted({a for a, _ in got}),
+        "last_cpu": sorted({c for _, c in got}),
+    }
+    return out
+
+
 def os_threads() -> int:
     n = Memory.status().get("Threads")
     return n if n is not None else threading.active_count()
@@ -490,7 +534,8 @@ class _Async:
 
     def __init__(self, spec: Spec, contestant: Contestant) -> None:
         self.spec = spec
-        if contestant.name == "async_orm":
+        self.is_async_orm = contestant.is_async_orm
+        if contestant.is_async_orm:
             self.mod: Any = importlib.import_module("async_orm")
             url: Any = sync_url(spec.url)
         else:
@@ -504,7 +549,10 @@ class _Async:
         self.maker: Any = self.mod.async_sessionmaker(self.engine, expire_on_commit=False)
         try:
             fn: Callable[[], Awaitable[Result]] = getattr(self, self.spec.workload)
-            return await fn()
+            result = await fn()
+            if self.is_async_orm:  # the worker threads are still alive (idle) here
+                result["placement"] = thread_placement()
+            return result
         finally:
             await self.engine.dispose()
 
@@ -855,7 +903,7 @@ async def _hop(spec: Spec, contestant: Contestant) -> Result:
     call: Callable[[], Awaitable[Any]]
     close: Callable[[], Awaitable[Any]] | None = None
     if contestant.family == "async_api":
-        if contestant.name == "async_orm":
+        if contestant.is_async_orm:
             mod: Any = importlib.import_module("async_orm")
         else:
             mod = importlib.import_module("sqlalchemy.ext.asyncio")
@@ -956,7 +1004,9 @@ def run(spec: Spec) -> Result:
     cpus = spec.options.get("cpus")
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)  # this process and the threads it starts
-    if contestant.name == "async_orm":
+    if contestant.is_async_orm:
+        if contestant.configure:  # thread placement: before any engine or loop exists
+            importlib.import_module("async_orm").configure(**dict(contestant.configure))
         return _run(spec, contestant)
     with without_async_orm_session_listeners():
         return _run(spec, contestant)

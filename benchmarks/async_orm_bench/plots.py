@@ -11,6 +11,8 @@ from .report import Json, describe, hop_label, pinned_to, run_name
 COLORS = {
     "sync": "#7f7f7f",
     "async_orm": "#d62728",
+    "async_orm_colocated": "#9467bd",
+    "async_orm_colocated_pinned": "#8c564b",
     "sa_aiosqlite": "#1f77b4",
     "sa_psycopg": "#1f77b4",
     "sa_asyncpg": "#17becf",

@@ -65,6 +65,9 @@ ALIASES: dict[str, str] = {
     "_ResultContext": "Awaitable[{0}]",
     # asyncio.Task is defined in the C module _asyncio
     "_asyncio.Task": "Task",
+    # documented under their public modules
+    "concurrent.futures._base.Future": "concurrent.futures.Future",
+    "asyncio.events.Handle": "asyncio.Handle",
     # defaults
     "util.EMPTY_DICT": "{{}}",
     # worker_timeout not given: the pool's own pool_timeout applies
