@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, state
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, state
 from sqlalchemy.pool import QueuePool
 
 import async_orm
@@ -67,6 +67,15 @@ def test_dialect_io_methods_exist() -> None:
         assert callable(getattr(dialect, name))
 
 
+class _Base(DeclarativeBase):
+    pass
+
+
+class Thing(_Base):
+    __tablename__ = "sa_compat_things"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
 def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: Any) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     session = Session(engine)
@@ -84,8 +93,10 @@ def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: 
 
     for name in (_sa_compat.SESSION_EXECUTE, "get_bind", "flush", "commit"):
         _sa_compat.override_session_method(session, name, spy(name))
+    Thing.metadata.create_all(engine)
     session.execute(sa.text("select 1"))
-    session.commit()
+    session.add(Thing(id=1))
+    session.commit()  # flushes the pending Thing through self.flush()
     assert calls[0] == _sa_compat.SESSION_EXECUTE  # every ORM statement goes through it
     assert {"get_bind", "flush", "commit"} <= set(calls)
     assert _sa_compat.session_has_changes(session) is False
