@@ -155,6 +155,23 @@ def _share_sqlite_memory(u: URL, kw: dict[str, Any]) -> None:
         kw["connect_args"] = connect_args
 
 
+def _behind_pgbouncer(u: URL, kw: dict[str, Any]) -> None:
+    """What psycopg needs behind PgBouncer's transaction pooling (see the scaling page)."""
+    if u.get_backend_name() != "postgresql" or u.get_driver_name() != "psycopg":
+        raise sa_exc.ArgumentError(
+            f"pgbouncer=True is for postgresql+psycopg:// URLs, not {u.drivername!r}."
+        )
+    connect_args = dict(kw.get("connect_args", {}))
+    if "options" in connect_args:
+        raise sa_exc.ArgumentError(
+            "pgbouncer=True: PgBouncer refuses the startup parameter 'options' "
+            f"({connect_args['options']!r}); set it on the role or database instead "
+            "(ALTER ROLE ... SET ...), or with SET LOCAL inside each transaction."
+        )
+    connect_args.setdefault("prepare_threshold", None)
+    kw["connect_args"] = connect_args
+
+
 def _keep_sqlite_memory_alive(sync_engine: Engine) -> None:
     """Hold one connection of an in-memory database for the engine's lifetime."""
     if _sqlite_memory_kind(sync_engine.url) is None:
@@ -175,6 +192,11 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
     :param worker_timeout: seconds a new session waits for a free worker slot
         before :class:`~async_orm.exc.WorkerSlotTimeout`; defaults to the pool's
         ``pool_timeout`` (``None``: wait as long as it takes).
+    :param pgbouncer: ``True`` when the URL points at PgBouncer in transaction (or
+        statement) pooling mode, which async_orm cannot detect: psycopg's prepared
+        statements are turned off (``prepare_threshold=None``), since the next
+        transaction may run on a server connection that does not have them, and
+        ``options`` in ``connect_args`` (refused by PgBouncer) is an error.
 
     An async driver's URL (``postgresql+asyncpg://``) is refused with an error
     naming the sync URL to use.  In-memory SQLite (``sqlite://``) is one database
@@ -198,6 +220,8 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
     max_workers = kw.pop("max_workers", None)
     worker_timeout = kw.pop("worker_timeout", _worker._UNSET)
     u = _check_sync_url(url)
+    if kw.pop("pgbouncer", False):
+        _behind_pgbouncer(u, kw)
     _share_sqlite_memory(u, kw)
     sync_engine = create_engine(u, **kw)
     engine = AsyncEngine(sync_engine, max_workers=max_workers, worker_timeout=worker_timeout)

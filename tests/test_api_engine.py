@@ -405,3 +405,15 @@ async def test_transaction_async_with_commits_or_rolls_back(engine: AsyncEngine)
         ids = (await conn.scalars(select(User.id).order_by(User.id))).all()
         assert ids == [1, 2]
         await conn.rollback()
+
+
+def test_pgbouncer_option_refuses_what_pgbouncer_refuses() -> None:
+    # what it sets is tested against a real PgBouncer in tests/topology/test_pgbouncer.py
+    with pytest.raises(sa_exc.ArgumentError, match="options"):
+        async_orm.create_async_engine(
+            "postgresql+psycopg://app@127.0.0.1:6432/app",
+            pgbouncer=True,
+            connect_args={"options": "-csearch_path=x"},
+        )
+    with pytest.raises(sa_exc.ArgumentError, match=r"postgresql\+psycopg"):
+        async_orm.create_async_engine("sqlite://", pgbouncer=True)

@@ -80,7 +80,9 @@ async def test_orm_unit_of_work_through_transaction_pooling(
         assert names == sorted(f"{owner}-{r}!" for r in range(8))
 
 
-@pytest.mark.parametrize("prepare", ["psycopg default", "prepare_threshold=None"])
+@pytest.mark.parametrize(
+    "prepare", ["psycopg default", "prepare_threshold=None", "pgbouncer=True"]
+)
 async def test_prepared_statements_behind_the_bouncer(
     topology: Topology, database: str, make_engine: EngineFactory, prepare: str
 ) -> None:
@@ -92,8 +94,11 @@ async def test_prepared_statements_behind_the_bouncer(
     with ``prepare_threshold=None`` it works.  If the default case starts passing,
     the installed PgBouncer tracks prepared statements (max_prepared_statements,
     1.21+): update docs/scaling.rst."""
-    connect_args = BOUNCER_CONNECT_ARGS if prepare == "prepare_threshold=None" else {}
-    engine = make_engine(topology.bouncer.url(database), connect_args=connect_args)
+    if prepare == "pgbouncer=True":  # the user says so: async_orm sets what is needed
+        engine = make_engine(topology.bouncer.url(database), pgbouncer=True)
+    else:
+        connect_args = BOUNCER_CONNECT_ARGS if prepare == "prepare_threshold=None" else {}
+        engine = make_engine(topology.bouncer.url(database), connect_args=connect_args)
     await _create_tables(engine)
     maker = async_orm.async_sessionmaker(engine)
     query = select(func.count()).select_from(Item).where(Item.owner == 1)
