@@ -31,6 +31,10 @@ RETRY_INTERVAL: Final = 0.1
 CANCEL_TIMEOUT: Final = 2.0
 #: attempts per call, after which the call is left to finish on its own
 MAX_ATTEMPTS: Final = 300
+#: seconds the call is held after an attempt: a cancel request reaches the backend as
+#: a signal some time after the client's request returns, and must land while the
+#: cancelled call still holds the connection, never on the next statement
+SETTLE: Final = 0.05
 
 _names = itertools.count(1)
 
@@ -114,4 +118,6 @@ class Interruption:
                             "while it runs",
                             exc_info=True,
                         )
+                else:
+                    stop.wait(SETTLE)
             stop.wait(RETRY_INTERVAL)
