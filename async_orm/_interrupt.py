@@ -34,7 +34,7 @@ MAX_ATTEMPTS: Final = 300
 #: seconds the call is held after an attempt: a cancel request reaches the backend as
 #: a signal some time after the client's request returns, and must land while the
 #: cancelled call still holds the connection, never on the next statement
-SETTLE: Final = 0.05
+SETTLE: Final = 0.1
 
 _names = itertools.count(1)
 
