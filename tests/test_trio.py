@@ -53,6 +53,18 @@ def run_trio(
     trio.run(main)
 
 
+async def _slow_statements_at_the_server(session: async_orm.AsyncSession) -> int:
+    """PostgreSQL: how many backends still run the slow statement."""
+    return int(
+        await session.scalar(
+            text(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                "and query like '%pg_sleep(30)%' and pid <> pg_backend_pid()"
+            )
+        )
+    )
+
+
 async def _seed(engine: async_orm.AsyncEngine, users: int = 3) -> None:
     async with async_orm.AsyncSession(engine) as session, session.begin():
         for i in range(1, users + 1):
@@ -119,13 +131,7 @@ def test_move_on_after_interrupts_the_statement_then_a_rollback_recovers(
             await session.rollback()
             assert await session.scalar(text("select 2")) == 2
             if backend == "postgresql":
-                busy = await session.scalar(
-                    text(
-                        "select count(*) from pg_stat_activity where state = 'active' "
-                        "and query like '%pg_sleep(30)%' and pid <> pg_backend_pid()"
-                    )
-                )
-                assert busy == 0
+                assert await _slow_statements_at_the_server(session) == 0
 
     run_trio(db_url, body)
 
@@ -277,12 +283,6 @@ def test_a_trio_application_of_200_tasks_on_a_pool_of_10(db_url: Url, backend: s
             total = sum(int(u.name) for u in (await session.scalars(select(User))).all())
             assert total == 200
             if backend == "postgresql":
-                busy = await session.scalar(
-                    text(
-                        "select count(*) from pg_stat_activity where state = 'active' "
-                        "and query like '%pg_sleep(30)%' and pid <> pg_backend_pid()"
-                    )
-                )
-                assert busy == 0
+                assert await _slow_statements_at_the_server(session) == 0
 
     run_trio(db_url, body, pool_size=10, max_overflow=0, pool_timeout=60)
