@@ -789,6 +789,9 @@ _CONNECT_WRAPPED: Final = "_async_orm_connect_wrapped"
 #: runner weakly, so that a session dropped unclosed is still garbage-collected
 _holders: dict[int, tuple[weakref.ref[Runner], Limiter | None]] = {}
 _holders_lock = threading.Lock()
+#: id(pool record) of connections a cancel request was sent to: the server may deliver
+#: it late, so at checkin they are invalidated rather than handed to another owner
+_interrupted: set[int] = set()
 
 
 def instrument(sync_engine: Engine) -> None:
@@ -847,6 +850,11 @@ def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    with _holders_lock:
+        interrupted = id(record) in _interrupted
+        _interrupted.discard(id(record))
+    if interrupted:
+        record.invalidate()  # a fresh connection for the next owner, on its checkout
     with _holders_lock:
         holder = _holders.pop(id(record), None)
         if holder is None:
@@ -1390,8 +1398,9 @@ class Runner:
             if request is not None:
                 request.cancel()
             with _holders_lock:
-                connections = list(self._connections.values())
-            for dbapi_connection in connections:
+                connections = list(self._connections.items())
+                _interrupted.update(key for key, _ in connections)
+            for _, dbapi_connection in connections:
                 _interrupt.interrupt_connection(dbapi_connection)
 
         def still_running() -> bool:

@@ -83,9 +83,7 @@ ADDITIONS: dict[tuple[str, str], str] = {
     ("", "create_task_in_loop"): (
         "asyncio.create_task() for listeners, which run on the worker thread."
     ),
-    ("", "configure"): (
-        "process-wide settings of the thread boundary (thread placement)."
-    ),
+    ("", "configure"): ("process-wide settings of the thread boundary (thread placement)."),
     ("", "call_soon_in_loop"): ("loop.call_soon() for listeners, which run on the worker thread."),
 }
 #: In ``exc``, the library's own errors are additions too (issue 3, item 5), as
