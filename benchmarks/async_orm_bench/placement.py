@@ -111,10 +111,11 @@ def text_table(data: Json) -> str:
 
 
 def rst_table(data: Json) -> str:
-    """The placement rows as an RST list-table (what docs/benchmarks.rst shows)."""
-    rs = [r for r in rows(data) if r["contestant"] in VARIANTS]
+    """The rows as an RST list-table (what docs/benchmarks.rst includes)."""
+    rs = rows(data)
     peers = [p for p in PEERS if rs and p in rs[0]["vs"]]
-    head = ["case", "contestant", "median"] + [f"vs {BY_NAME[p].label[11:]}" for p in peers]
+    head = ["case", "contestant", "median"]
+    head += [f"vs {BY_NAME[p].label.split('+ ')[-1]}" for p in peers]
     head += ["vs async_orm (off)", "errors", "threads", "worker CPUs (loop)"]
     out = [".. list-table::", "   :header-rows: 1", ""]
     out.append("   * - " + head[0])
@@ -122,7 +123,8 @@ def rst_table(data: Json) -> str:
     for r in rs:
         cells = [r["case"], r["label"], f"{r['median']:,.0f} {r['unit']}"]
         cells += [_r(r["vs"].get(p)) for p in peers]
-        cells.append("-" if r["contestant"] == "async_orm" else _r(r["vs"].get("async_orm")))
+        off = r["contestant"] == "async_orm" or r["contestant"] not in VARIANTS
+        cells.append("-" if off else _r(r["vs"].get("async_orm")))
         cells += [
             "-" if r["errors"] is None else str(r["errors"]),
             "-" if r["threads"] is None else str(r["threads"]),
