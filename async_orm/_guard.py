@@ -28,6 +28,7 @@ from . import _sa_compat
 from .exc import EventLoopIOError
 
 _get_running_loop = _sa_compat.get_running_loop
+_modules = sys.modules
 
 _allowed: ContextVar[bool] = ContextVar("async_orm_allow_loop_io", default=False)
 _ENV_ALLOWED = os.environ.get("ASYNC_ORM_ALLOW_LOOP_IO", "").lower() not in ("", "0", "false")
@@ -71,7 +72,7 @@ def event_loop_running() -> bool:
 def loop_io_refused() -> bool:
     """True when the current thread runs an event loop (asyncio or Trio) and no
     opt-out applies."""
-    if _get_running_loop() is None and trio_running() is None:
+    if _get_running_loop() is None and ("trio" not in _modules or trio_running() is None):
         return False
     return not (_ENV_ALLOWED or _allowed.get())
 
@@ -160,9 +161,10 @@ def guard_session(session: Session) -> None:
 
     def guard_execute(execute: Callable[..., Any]) -> Callable[..., Any]:
         def _execute_internal(statement: Any, params: Any = None, *args: Any, **kw: Any) -> Any:
-            if (_get_running_loop() is not None or trio_running() is not None) and (
-                loop_io_refused()
-            ):
+            if (
+                _get_running_loop() is not None
+                or ("trio" in _modules and trio_running() is not None)
+            ) and loop_io_refused():
                 raise _execute_on_loop(statement, kw.get("execution_options"))
             return execute(statement, params, *args, **kw)
 
@@ -215,7 +217,9 @@ def _refusing_on_loop(method: Callable[..., None]) -> Callable[..., None]:
     name = method.__name__
 
     def guarded(target: Any, *rest: Any, **kw: Any) -> None:
-        if (_get_running_loop() is not None or trio_running() is not None) and loop_io_refused():
+        if (
+            _get_running_loop() is not None or ("trio" in _modules and trio_running() is not None)
+        ) and loop_io_refused():
             if name == "do_commit":
                 raise commit_on_loop()
             raise statement_on_loop(rest[0] if rest else "")

@@ -111,6 +111,13 @@ def session_has_changes(session: Session) -> bool:
     return not session._is_clean()
 
 
+def override_method(
+    target: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Shadow one method of one object (an Engine's ``dispose``) by ``make(original)``."""
+    target.__dict__[name] = make(getattr(target, name))
+
+
 #: the Session method every ORM statement (execute, get, lazy load, refresh) goes through
 SESSION_EXECUTE: Final = "_execute_internal"
 

@@ -48,7 +48,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -111,10 +111,11 @@ class Kind:
     #: an END that takes a worker first even when none is held (engine-level work)
     acquires: bool = False
 
-    @property
-    def after(self) -> bool:
-        """Whether the worker must run the runner's bookkeeping after this call."""
-        return self.ends or self.clears
+    #: whether the runner's bookkeeping runs after this call (ends or clears)
+    after: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "after", self.ends or self.clears)
 
 
 @dataclass(frozen=True)
@@ -806,7 +807,22 @@ def instrument(sync_engine: Engine) -> None:
     _sa_compat.wrap_pool_connect(sync_engine.pool, _before_checkout, _CONNECT_WRAPPED)
     event.listen(sync_engine, "checkout", _on_checkout)
     event.listen(sync_engine, "checkin", _on_checkin)
-    event.listen(sync_engine, "engine_disposed", _on_disposed)
+    # not an engine_disposed listener: any engine-level listener switches every
+    # execution of the engine to SQLAlchemy's slower with-events path
+    _sa_compat.override_method(sync_engine, "dispose", _disposing(sync_engine))
+
+
+def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(dispose: Callable[..., Any]) -> Callable[..., Any]:
+        def dispose_and_keep_the_door(*args: Any, **kw: Any) -> Any:
+            try:
+                return dispose(*args, **kw)
+            finally:
+                _on_disposed(sync_engine)
+
+        return dispose_and_keep_the_door
+
+    return make
 
 
 def _on_disposed(sync_engine: Engine) -> None:

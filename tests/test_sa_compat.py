@@ -108,3 +108,17 @@ def test_inspect_async_session_is_answered_by_async_orm() -> None:
     assert getattr(state, "_async_provider", None) is not None
     assert getattr(state._async_provider, "_async_orm", False)
     assert async_orm.AsyncSession  # the provider is installed at import
+
+
+async def test_instrumenting_an_engine_keeps_sqlalchemys_fast_path(tmp_path: Any) -> None:
+    # any engine-level listener switches every execution to SQLAlchemy's slower
+    # with-events path; async_orm's instrumentation must not add one
+    engine = async_orm.create_async_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("select 1"))
+    assert engine.sync_engine._has_events is False
+    await engine.dispose()  # the dispose override keeps the pool's door and slots
+    assert engine.sync_engine.pool.__dict__.get("_async_orm_connect_wrapped")
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("select 2")) == 2
+    await engine.dispose()
