@@ -747,6 +747,10 @@ def limiter_for(
     """The slots of ``sync_engine``'s pool (one Limiter per pool, shared by the
     engine's ``execution_options()`` copies).  The wait defaults to the pool's own
     ``pool_timeout`` (``None`` waits as long as it takes)."""
+    if max_workers is None and worker_timeout is _UNSET:
+        found = _limiters.get(sync_engine.pool)  # the common case: no lock
+        if found is not None:
+            return found
     capacity = None if max_workers is None else _coerce_capacity(max_workers)
     timeout_given = worker_timeout is not _UNSET and worker_timeout is not None
     timeout = _coerce_timeout(worker_timeout, "worker_timeout") if timeout_given else None
@@ -866,13 +870,12 @@ def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
-    with _holders_lock:
-        interrupted = id(record) in _interrupted
-        _interrupted.discard(id(record))
-    if interrupted:
+    key = id(record)
+    if _interrupted and key in _interrupted:
+        _interrupted.discard(key)
         record.invalidate()  # a fresh connection for the next owner, on its checkout
     with _holders_lock:
-        holder = _holders.pop(id(record), None)
+        holder = _holders.pop(key, None)
         if holder is None:
             return
         ref, limiter = holder
