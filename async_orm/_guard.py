@@ -187,9 +187,10 @@ def guard_session(session: Session) -> None:
 
         return commit_guarded
 
-    _sa_compat.override_session_method(session, _sa_compat.SESSION_EXECUTE, guard_execute)
-    _sa_compat.override_session_method(session, "flush", guard_flush)
-    _sa_compat.override_session_method(session, "commit", guard_commit)
+    _sa_compat.override_session_methods(
+        session,
+        {_sa_compat.SESSION_EXECUTE: guard_execute, "flush": guard_flush, "commit": guard_commit},
+    )
 
 
 def guard_dialect(dialect: Any) -> None:

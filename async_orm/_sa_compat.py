@@ -111,6 +111,15 @@ def session_has_changes(session: Session) -> bool:
     return not session._is_clean()
 
 
+def override_session_methods(
+    session: Session, makers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]
+) -> None:
+    """:func:`override_session_method` for several methods at once."""
+    namespace = session.__dict__
+    for name, make in makers.items():
+        namespace[name] = make(getattr(session, name))
+
+
 def override_method(
     target: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> None:

@@ -1208,6 +1208,10 @@ class Runner:
         """IDLE or ACQUIRING -> ACTIVE: a slot (awaited on the loop), then a worker.
         Several tasks starting one owner share one place in the slot queue; one that
         gives up leaves it to the others."""
+        with self._lock:
+            if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
+                self._activate_locked()  # the common case: a free slot, no waiting
+                return
         signal = _Signal()
         with self._lock:
             if self.state is _IDLE:

@@ -96,6 +96,7 @@ _POPULATE_EXISTING_DEFAULT: bool | None = None if _HAS_21_API else False
 _AsyncSessionBind = AsyncEngine | AsyncConnection | Engine | Connection
 
 _all_sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
+_PROXY = "_async_orm_proxy"
 
 
 def _merge_options(options: Any, defaults: util.immutabledict[str, Any]) -> Any:
@@ -189,8 +190,10 @@ class AsyncSession:
                 f"returned {type(sync).__name__}."
             )
         _guard.guard_session(sync)
-        _worker.watch_binds(sync)
-        _register_proxy(sync, self)
+        if sync_binds or type(sync).get_bind is not Session.get_bind:
+            # engines it may reach that it was not given: instrumented on first use
+            _worker.watch_binds(sync)
+        sync.__dict__[_PROXY] = weakref.ref(self)  # one async front per sync session
 
         if runner is None:
             engines = {
@@ -1162,11 +1165,8 @@ def async_session(session: Session) -> AsyncSession | None:
 
 
 def _proxy_lookup(session: Session) -> AsyncSession | None:
-    from .engine import _proxies
-
-    ref = _proxies.get(session)
-    found = ref() if ref is not None else None
-    return found if isinstance(found, AsyncSession) else None
+    ref = session.__dict__.get(_PROXY)
+    return ref() if ref is not None else None
 
 
 _sa_compat.set_async_session_provider(async_session)
