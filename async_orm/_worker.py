@@ -1714,9 +1714,11 @@ class _Placement:
     on, each event loop is given one CPU of the allowed set and the workers serving
     its calls are placed on it (Linux ``sched_setaffinity`` of the worker thread
     itself, once per change).  The CPU is chosen so that several processes on one
-    machine spread over the CPUs: the process id and the loop's number, modulo the
-    allowed set.  Threads the library does not own are never touched, unless
-    ``pin_event_loop=True`` asks for exactly that.
+    machine spread over the CPUs: the CPU the loop's thread runs on when it first
+    awaits a call (the scheduler has balanced the machine's processes by then), or,
+    where that cannot be read, the process id and the loop's number modulo the set.
+    Threads the library does not own are never touched, unless ``pin_event_loop=True``
+    asks for exactly that.
     """
 
     def __init__(self) -> None:
@@ -1742,7 +1744,11 @@ class _Placement:
             with self._lock:
                 cpu = self._loops.get(loop)
                 if cpu is None:
-                    cpu = self.choose(os.getpid(), next(self._numbers), self.cpus)
+                    # where the scheduler runs the loop's thread now: it has already
+                    # balanced the processes and threads of the machine
+                    cpu = _current_cpu()
+                    if cpu not in self.cpus:
+                        cpu = self.choose(os.getpid(), next(self._numbers), self.cpus)
                     self._loops[loop] = cpu
             if self.pin_event_loop:
                 os.sched_setaffinity(0, {cpu})  # this is the loop's own thread
@@ -1758,6 +1764,16 @@ class _Placement:
             _log.debug("could not place %s on CPU %s", worker.name, cpu, exc_info=True)
             return
         worker.cpu = cpu
+
+
+def _current_cpu() -> int | None:
+    """The CPU the calling thread runs on (Linux: /proc/thread-self/stat), or None."""
+    try:
+        with open("/proc/thread-self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[36])  # field 39 of proc(5), "processor"; 3 fields precede
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 _ALLOWED_CPUS: tuple[int, ...] = (
