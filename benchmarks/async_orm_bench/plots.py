@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Any
 
 from .contestants import CONTESTANTS
@@ -41,7 +42,8 @@ def _bars(ax: Any, entries: Json, title: str, workload: str = "") -> None:
     ax.set_yticks(ys, [_label(n, workload) for n in names], fontsize=8)
     unit = entries[names[0]].get("unit", "")
     better = "higher" if entries[names[0]].get("higher_is_better", True) else "lower"
-    ax.set_title(f"{title}\n({unit}, {better} is better)", fontsize=9)
+    wrapped = "\n".join(textwrap.wrap(title, 48))
+    ax.set_title(f"{wrapped}\n({unit}, {better} is better)", fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     top = max(v + h for v, h in zip(vals, hi, strict=True)) or 1.0
     ax.set_xlim(0, top * 1.3)
@@ -139,8 +141,13 @@ def plot(data: Json, outdir: str, prefix: str | None = None) -> list[str]:
         panels2: list[tuple[str, str]] = [(c, "median") for c in hop_cases]
         if "stream" in summary:
             panels2.append(("stream", "peak_growth_mb"))
-        fig, axes = plt.subplots(1, len(panels2), figsize=(5.5 * len(panels2), 3), squeeze=False)
-        for ax, (case, key) in zip(axes[0], panels2, strict=True):
+        # two panels a row, as wide as the other figures: readable at page width
+        rows2 = (len(panels2) + 1) // 2
+        fig, axes = plt.subplots(rows2, 2, figsize=(11, 3.2 * rows2), squeeze=False)
+        flat_axes = list(axes.flat)
+        for ax in flat_axes[len(panels2) :]:
+            ax.set_visible(False)
+        for ax, (case, key) in zip(flat_axes, panels2, strict=False):
             entries = summary[case]
             if key == "median":
                 first = next(iter(entries.values()))
