@@ -137,3 +137,18 @@ def test_contestant_with_missing_package_is_skipped_with_install_hint() -> None:
 def test_in_memory_sqlite_is_refused(capsys) -> None:
     assert main(["--quick", "--url", "sqlite://"]) == 2
     assert "SQLite *file*" in capsys.readouterr().err
+
+
+def test_trio_hop_command_measures_every_contestant(capsys) -> None:
+    pytest.importorskip("trio")
+    from async_orm_bench import trio_hop
+
+    assert trio_hop.main(["--calls", "20", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "async_orm under Trio",
+        "trio.to_thread.run_sync",
+        "async_orm under asyncio",
+        "asyncio.to_thread",
+    ):
+        assert name in out
