@@ -64,11 +64,6 @@ def trio_running() -> Any:
     return lowlevel if lowlevel.in_trio_run() else None
 
 
-def event_loop_running() -> bool:
-    """True when this thread runs an asyncio event loop or a Trio run."""
-    return _get_running_loop() is not None or trio_running() is not None
-
-
 def loop_io_refused() -> bool:
     """True when the current thread runs an event loop (asyncio or Trio) and no
     opt-out applies."""
@@ -187,7 +182,7 @@ def guard_session(session: Session) -> None:
 
         return commit_guarded
 
-    _sa_compat.override_session_methods(
+    _sa_compat.override_methods(
         session,
         {_sa_compat.SESSION_EXECUTE: guard_execute, "flush": guard_flush, "commit": guard_commit},
     )

@@ -97,34 +97,21 @@ def wrap_dialect_io(
 # sessions
 
 
-def override_session_method(
-    session: Session, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+def override_methods(
+    target: Any, makers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]
 ) -> None:
-    """Shadow one method of one Session instance (``_execute_internal``, ``flush``,
-    ``commit``, ``get_bind``) by ``make(bound original)``: SQLAlchemy calls them as
-    ``self.<name>(...)``, so the instance attribute wins, with no subclass."""
-    session.__dict__[name] = make(getattr(session, name))
+    """Shadow methods of one object by ``make(bound original)``: a Session's
+    ``_execute_internal``, ``flush``, ``commit``, ``get_bind``, an Engine's
+    ``dispose``.  SQLAlchemy calls them as ``self.<name>(...)``, so the instance
+    attribute wins, with no subclass."""
+    namespace = target.__dict__
+    for name, make in makers.items():
+        namespace[name] = make(getattr(target, name))
 
 
 def session_has_changes(session: Session) -> bool:
     """True when a flush of ``session`` would send something (``Session._is_clean``)."""
     return not session._is_clean()
-
-
-def override_session_methods(
-    session: Session, makers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]
-) -> None:
-    """:func:`override_session_method` for several methods at once."""
-    namespace = session.__dict__
-    for name, make in makers.items():
-        namespace[name] = make(getattr(session, name))
-
-
-def override_method(
-    target: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> None:
-    """Shadow one method of one object (an Engine's ``dispose``) by ``make(original)``."""
-    target.__dict__[name] = make(getattr(target, name))
 
 
 #: the Session method every ORM statement (execute, get, lazy load, refresh) goes through
@@ -211,6 +198,8 @@ RESULT_INTERNALS: Final = {
 def missing_internals() -> list[str]:
     """The names of :data:`RESULT_INTERNALS` (and the other touchpoints) that the
     installed SQLAlchemy lacks; empty when everything is where it is expected."""
+    # QueuePool's _max_overflow and _timeout are instance attributes: the tests read
+    # them on a pool (tests/test_sa_compat.py)
     missing = []
     for cls, names in RESULT_INTERNALS.items():
         for name in names:
@@ -219,19 +208,11 @@ def missing_internals() -> list[str]:
     for owner, name in (
         (Session, SESSION_EXECUTE),
         (Session, "_is_clean"),
-        (QueuePool, "_max_overflow"),
-        (QueuePool, "_timeout"),
         (Engine, "raw_connection"),
         (Connection, "_trans_context_manager"),
         (_orm_state, "_async_provider"),
         (asyncio, "_get_running_loop"),
     ):
-        if (
-            isinstance(owner, type)
-            and name.startswith("_")
-            and name in ("_max_overflow", "_timeout")
-        ):
-            continue  # instance attributes: checked on an instance by the tests
         if not hasattr(owner, name):
             missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
     return missing

@@ -48,7 +48,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -110,12 +110,6 @@ class Kind:
     checks_instances: bool = False
     #: an END that takes a worker first even when none is held (engine-level work)
     acquires: bool = False
-
-    #: whether the runner's bookkeeping runs after this call (ends or clears)
-    after: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "after", self.ends or self.clears)
 
 
 @dataclass(frozen=True)
@@ -190,10 +184,10 @@ class _Signal:
     """One task waiting for something another thread does (a slot, a worker coming
     back, a close finishing), on asyncio or Trio."""
 
-    __slots__ = ("_event", "_fut", "_loop", "_token", "value")
+    __slots__ = ("_event", "_expired", "_fut", "_loop", "_token")
 
     def __init__(self) -> None:
-        self.value: Any = None
+        self._expired = False
         loop = _get_running_loop()
         self._loop = loop
         if loop is not None:
@@ -209,28 +203,22 @@ class _Signal:
         self._event = trio.Event()
         self._token = lowlevel.current_trio_token()
 
-    def wake(self, value: Any = None) -> bool:
+    def wake(self) -> bool:
         """From any thread; False when the waiting loop is gone."""
         try:
             if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._set_asyncio, value)
+                self._loop.call_soon_threadsafe(self._set_asyncio)
             else:
-                self._token.run_sync_soon(self._set_trio, value)
+                self._token.run_sync_soon(self._event.set)
         except RuntimeError:  # asyncio: loop closed; trio: RunFinishedError
             return False
         return True
 
-    def _set_asyncio(self, value: Any) -> None:
+    def _set_asyncio(self) -> None:
         fut = self._fut
         assert fut is not None
         if not fut.done():
-            self.value = value
             fut.set_result(None)
-
-    def _set_trio(self, value: Any) -> None:
-        if not self._event.is_set():
-            self.value = value
-            self._event.set()
 
     @property
     def woken(self) -> bool:
@@ -249,7 +237,7 @@ class _Signal:
                 await self._fut
             finally:
                 timer.cancel()
-            return self.value is not _EXPIRED
+            return not self._expired
         import trio
 
         with trio.move_on_after(float("inf") if timeout is None else timeout):
@@ -259,13 +247,12 @@ class _Signal:
     def _expire(self) -> None:
         fut = self._fut
         if fut is not None and not fut.done():
-            self.value = _EXPIRED
+            self._expired = True
             fut.set_result(None)
 
-    async def wait_shielded(self, timeout: float) -> tuple[bool, bool]:
-        """Wait until woken or ``timeout``, absorbing cancellations meanwhile.
-        Returns (woken, was_cancelled_meanwhile)."""
-        cancelled = False
+    async def wait_shielded(self, timeout: float) -> bool:
+        """Wait until woken or ``timeout``, absorbing cancellations meanwhile; False
+        when ``timeout`` ran out first."""
         if self._fut is not None:
             loop = self._loop
             assert loop is not None
@@ -277,15 +264,15 @@ class _Signal:
                 try:
                     await asyncio.wait_for(asyncio.shield(self._fut), remaining)
                 except _CancelledError:
-                    cancelled = True
+                    continue  # absorbed: the caller re-raises its own
                 except (asyncio.TimeoutError, TimeoutError):
                     break
-            return self._fut.done(), cancelled
+            return self._fut.done()
         import trio
 
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             await self._event.wait()
-        return bool(self._event.is_set()), False
+        return bool(self._event.is_set())
 
     def is_cancel(self, error: BaseException) -> bool:
         """Is ``error`` this loop library's cancellation?"""
@@ -294,9 +281,6 @@ class _Signal:
         import trio
 
         return isinstance(error, trio.Cancelled)
-
-
-_EXPIRED: Final = object()
 
 
 # --------------------------------------------------------------------------
@@ -727,11 +711,10 @@ def _coerce_timeout(value: Any, name: str) -> float | None:
 def _coerce_capacity(value: Any) -> int:
     try:
         capacity = int(value)
+        whole = capacity >= 1 and capacity == float(value)
     except (TypeError, ValueError):
-        raise sa_exc.ArgumentError(
-            f"max_workers must be a whole number of at least 1, not {value!r}"
-        ) from None
-    if capacity < 1 or capacity != float(value):
+        whole = False
+    if not whole:
         raise sa_exc.ArgumentError(
             f"max_workers must be a whole number of at least 1, not {value!r}"
         )
@@ -813,34 +796,28 @@ def instrument(sync_engine: Engine) -> None:
     event.listen(sync_engine, "checkin", _on_checkin)
     # not an engine_disposed listener: any engine-level listener switches every
     # execution of the engine to SQLAlchemy's slower with-events path
-    _sa_compat.override_method(sync_engine, "dispose", _disposing(sync_engine))
+    _sa_compat.override_methods(sync_engine, {"dispose": _disposing(sync_engine)})
 
 
 def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``dispose()`` makes a new pool: it keeps the old one's slots and its door."""
+
     def make(dispose: Callable[..., Any]) -> Callable[..., Any]:
         def dispose_and_keep_the_door(*args: Any, **kw: Any) -> Any:
+            old = sync_engine.pool
             try:
                 return dispose(*args, **kw)
             finally:
-                _on_disposed(sync_engine)
+                new = sync_engine.pool
+                with _limiters_lock:
+                    limiter = _limiters.get(old)
+                    if limiter is not None and new not in _limiters:
+                        _limiters[new] = limiter
+                _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
 
         return dispose_and_keep_the_door
 
     return make
-
-
-def _on_disposed(sync_engine: Engine) -> None:
-    """``dispose()`` made a new pool: it keeps the old one's slots and its door."""
-    new = sync_engine.pool
-    with _limiters_lock:
-        if new not in _limiters:
-            for old, limiter in list(_limiters.items()):
-                if old is not new and limiter.describe.startswith(
-                    f"engine {sync_engine.url.render_as_string(hide_password=True)!r}"
-                ):
-                    _limiters[new] = limiter
-                    break
-    _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
 
 
 def _before_checkout(pool_: Pool) -> None:
@@ -871,9 +848,12 @@ def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     key = id(record)
-    if _interrupted and key in _interrupted:
-        _interrupted.discard(key)
-        record.invalidate()  # a fresh connection for the next owner, on its checkout
+    if _interrupted:
+        with _holders_lock:
+            interrupted = key in _interrupted
+            _interrupted.discard(key)
+        if interrupted:
+            record.invalidate()  # a fresh connection for the next owner, on its checkout
     with _holders_lock:
         holder = _holders.pop(key, None)
         if holder is None:
@@ -902,7 +882,7 @@ def watch_binds(session: Session) -> None:
 
         return watched_get_bind
 
-    _sa_compat.override_session_method(session, "get_bind", make)
+    _sa_compat.override_methods(session, {"get_bind": make})
 
 
 # --------------------------------------------------------------------------
@@ -984,20 +964,11 @@ class Runner:
     # -- state ----------------------------------------------------------------------
 
     @property
-    def thread_ident(self) -> int | None:
-        worker = self.worker
-        return worker.ident if worker is not None else None
-
-    def on_own_thread(self) -> bool:
-        worker = self.worker
-        return worker is not None and worker.ident == _get_ident()
-
-    @property
     def needs_rollback(self) -> bool:
         return self.state in (_NEEDS_ROLLBACK, _FENCED)
 
-    def _error_for(self, kind: Kind) -> BaseException:
-        """Why ``kind`` cannot run in the current state (httpx style: from the state)."""
+    def _refusal(self) -> BaseException:
+        """Why a statement cannot run in the current state (httpx style: from the state)."""
         owner = self.owner_name
         name = "session" if owner == "AsyncSession" else "conn"
         if self.state is _CLOSED:
@@ -1059,7 +1030,7 @@ class Runner:
         self, kind: Kind, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]
     ) -> _T:
         action = _QUEUE
-        if self.state is not _ACTIVE or kind.after:
+        if self.state is not _ACTIVE or kind.ends:
             action = await self._admit(kind)
             if action is not _QUEUE and action is not _QUEUE_BOUNDED:
                 return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
@@ -1143,7 +1114,7 @@ class Runner:
         """
         refused = None
         if type_ is None and self.needs_rollback:
-            refused = self._error_for(STATEMENT)
+            refused = self._refusal()
             type_, value, tb = type(refused), refused, None
         kind = COMMIT_EXIT if type_ is None else (SAVEPOINT_ROLLBACK if nested else ROLLBACK)
         await self._run(kind, exit_fn, (type_, value, tb), {})
@@ -1161,24 +1132,22 @@ class Runner:
             if state is _ACTIVE or state is _NEEDS_ROLLBACK:
                 # (a DETACHED call arrives here after _acquire(), like any other)
                 if state is _NEEDS_ROLLBACK and kind.refused_after_cancel:
-                    raise self._error_for(kind)
+                    raise self._refusal()
                 if kind.ends:
                     if kind.in_place_when_idle and self._idle_locally():
                         return _IN_PLACE_END
                     self._begin_end()
-                elif kind.clears:
-                    self._mark_after()
                 return _QUEUE
             if state is _FENCED:
                 if kind.refused_after_cancel:
-                    raise self._error_for(kind)
+                    raise self._refusal()
                 if kind.ends:
                     self._begin_end()
                 return _POST if _unwinding_a_cancellation() else _QUEUE_BOUNDED
             if state is _CLOSED:
                 if kind.ends or kind.clears:
                     return _SKIP
-                raise self._error_for(kind)
+                raise self._refusal()
             if state is _CLOSING:
                 await self._wait_end()
                 continue
@@ -1209,20 +1178,17 @@ class Runner:
         Several tasks starting one owner share one place in the slot queue; one that
         gives up leaves it to the others."""
         with self._lock:
-            if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
-                self._activate_locked()  # the common case: a free slot, no waiting
-                return
-        signal = _Signal()
-        with self._lock:
             if self.state is _IDLE:
                 if self._slotless or self._home.try_acquire():
-                    self._activate_locked()
+                    self._activate_locked()  # the common case: a free slot, no waiting
                     return
+                signal = _Signal()
                 self.state = State.ACQUIRING
                 request = self._request = _Request(self._granted)
                 self._start_signals.append(signal)
                 queued = True
             elif self.state is State.ACQUIRING:
+                signal = _Signal()
                 self._start_signals.append(signal)
                 request = self._request  # type: ignore[assignment]
                 queued = False
@@ -1291,10 +1257,6 @@ class Runner:
             if self.state in _WITH_WORKER:
                 self.state = _CLOSING
                 self._after = True
-
-    def _mark_after(self) -> None:
-        with self._lock:
-            self._after = True
 
     async def _wait_end(self) -> None:
         signal = _Signal()
@@ -1375,8 +1337,7 @@ class Runner:
                     self.state = _NEEDS_ROLLBACK
                     self._after = True
             self._interrupt(call, worker)
-        came_back, _ = await watcher.wait_shielded(GRACE)
-        if came_back:
+        if await watcher.wait_shielded(GRACE):
             return
         with worker.lock:
             if call.state == _DONE:
@@ -1461,9 +1422,9 @@ class Runner:
         state = self.state
         worker = self.worker
         if worker is None or state is _IDLE or state is State.ACQUIRING:
-            return fn(*args, **kw)
+            return fn(*args, **kw)  # no thread yet: in place, as in SQLAlchemy
         if worker.ident == _get_ident():
-            return fn(*args, **kw)
+            return fn(*args, **kw)  # already on the worker (inside run_sync)
         if not self._idle_locally() or state is _FENCED or state is _CLOSING:
             if kind.checks_instances:
                 _check_instances(args[0])
@@ -1551,12 +1512,12 @@ def _unwinding_a_cancellation() -> bool:
 
 
 # how _admit() lets a call run
-_QUEUE_BOUNDED: Final = 5
-_QUEUE: Final = 0
-_POST: Final = 1
-_IN_PLACE: Final = 2
-_IN_PLACE_END: Final = 3
-_SKIP: Final = 4
+_QUEUE: Final = 0  # queued on the worker and awaited
+_QUEUE_BOUNDED: Final = 1  # queued behind a fenced call, awaited for at most GRACE
+_POST: Final = 2  # queued, not awaited
+_IN_PLACE: Final = 3  # run on the calling thread (no worker was ever taken)
+_IN_PLACE_END: Final = 4  # an end in place, then the worker and slots go back
+_SKIP: Final = 5  # nothing to do
 
 
 def _check_instances(instances: Any) -> None:

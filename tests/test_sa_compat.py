@@ -91,8 +91,10 @@ def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: 
 
         return make
 
-    for name in (_sa_compat.SESSION_EXECUTE, "get_bind", "flush", "commit"):
-        _sa_compat.override_session_method(session, name, spy(name))
+    _sa_compat.override_methods(
+        session,
+        {name: spy(name) for name in (_sa_compat.SESSION_EXECUTE, "get_bind", "flush", "commit")},
+    )
     Thing.metadata.create_all(engine)
     session.execute(sa.text("select 1"))
     session.add(Thing(id=1))
