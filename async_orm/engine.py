@@ -259,14 +259,19 @@ def _register_proxy(target: Any, proxy: Any) -> None:
     _proxies[target] = weakref.ref(proxy)
 
 
+def _proxy_of(target: Any) -> Any:
+    """The async front registered for ``target``, or None."""
+    ref = _proxies.get(target)
+    return ref() if ref is not None else None
+
+
 def _proxy_for(target: Any, make: Callable[[], _T]) -> _T:
     """The async front of ``target``, made by ``make()`` the first time."""
-    ref = _proxies.get(target)
-    found = ref() if ref is not None else None
+    found = _proxy_of(target)
     if found is None:
         found = make()
         _proxies[target] = weakref.ref(found)
-    return found
+    return found  # type: ignore[no-any-return]
 
 
 def _async_engine(sync_engine: Engine) -> AsyncEngine:
@@ -285,10 +290,8 @@ class _ReversibleProxy:
 
     @classmethod
     def _retrieve_proxy_for_target(cls, target: Any, regenerate: bool = True) -> Any:
-        ref = _proxies.get(target)
-        found = ref() if ref is not None else None
-        if found is not None or not regenerate:
-            return found
+        if not regenerate:
+            return _proxy_of(target)
         return _proxy_for(target, lambda: cls._regenerate_proxy_for_target(target))
 
 
@@ -398,8 +401,7 @@ class AsyncEngine(AsyncConnectable):
         self.sync_engine = sync_engine
         self._limiter = _worker.limiter_for(sync_engine, max_workers, worker_timeout)
         _worker.instrument(sync_engine)
-        ref = _proxies.get(sync_engine)
-        if ref is None or ref() is None:
+        if _proxy_of(sync_engine) is None:
             _register_proxy(sync_engine, self)
 
     # -- proxy comparisons ------------------------------------------------------
@@ -974,20 +976,19 @@ class AsyncTransaction(StartableContext["AsyncTransaction"], _ReversibleProxy):
     @classmethod
     def _regenerate_proxy_for_target(cls, target: Transaction) -> AsyncTransaction:
         connection = AsyncConnection._retrieve_proxy_for_target(target.connection)
-        wrapped = cls(connection, isinstance(target, NestedTransaction))
-        wrapped.sync_transaction = target
-        return wrapped
+        return cls._of(connection, target)
 
     @classmethod
     def _wrap(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
         """The one AsyncTransaction of ``trans`` (made on first use)."""
+        return _proxy_for(trans, lambda: cls._of(connection, trans))
 
-        def make() -> AsyncTransaction:
-            wrapped = cls(connection, isinstance(trans, NestedTransaction))
-            wrapped.sync_transaction = trans
-            return wrapped
-
-        return _proxy_for(trans, make)
+    @classmethod
+    def _of(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
+        """A new front for an already started ``trans`` of ``connection``."""
+        wrapped = cls(connection, isinstance(trans, NestedTransaction))
+        wrapped.sync_transaction = trans
+        return wrapped
 
     def __hash__(self) -> int:
         return id(self.sync_transaction) if self.sync_transaction is not None else id(self)

@@ -177,8 +177,6 @@ class AsyncSession:
         if binds is not None:
             self._binds = binds
             sync_binds = {key: _get_sync_engine_or_connection(b) for key, b in binds.items()}
-        else:
-            self._binds = None
         if sync_session_class is not None:
             self.sync_session_class = sync_session_class
 
@@ -1161,10 +1159,6 @@ def async_object_session(instance: object) -> AsyncSession | None:
 
 def async_session(session: Session) -> AsyncSession | None:
     """The :class:`AsyncSession` running this sync :class:`Session`, or ``None``."""
-    return _proxy_lookup(session)
-
-
-def _proxy_lookup(session: Session) -> AsyncSession | None:
     ref = session.__dict__.get(_PROXY)
     return ref() if ref is not None else None
 
