@@ -121,6 +121,18 @@ async def engine(db_url: tuple[str, dict[str, Any]]) -> AsyncIterator[async_orm.
     assert checked_out == 0, f"{checked_out} connection(s) still checked out at teardown"
 
 
+async def dispose_checking_leaks(engines: list[async_orm.AsyncEngine]) -> None:
+    """Dispose of each engine a test made; fail if any still had a connection
+    checked out (something the test left unclosed)."""
+    leaks = []
+    for eng in engines:
+        checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
+        if checked_out:
+            leaks.append(f"{eng!r}: {checked_out} connection(s) still checked out")
+        await eng.dispose()
+    assert not leaks, "; ".join(leaks)
+
+
 @pytest.fixture
 def maker(engine: async_orm.AsyncEngine) -> async_orm.async_sessionmaker[async_orm.AsyncSession]:
     return async_orm.async_sessionmaker(engine, expire_on_commit=False)

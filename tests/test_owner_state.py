@@ -52,7 +52,7 @@ from sqlalchemy import exc as sa_exc
 
 import async_orm
 from async_orm import exc as async_exc
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, dispose_checking_leaks
 from tests.test_cancellation import StatementStarted
 
 EngineFactory = Callable[..., Awaitable[async_orm.AsyncEngine]]
@@ -88,13 +88,7 @@ async def make(db_url: tuple[str, dict[str, Any]]) -> AsyncIterator[EngineFactor
         return eng
 
     yield factory
-    leaks = []
-    for eng in engines:
-        checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
-        if checked_out:
-            leaks.append(f"{eng!r}: {checked_out} connection(s) still checked out")
-        await eng.dispose()
-    assert not leaks, "; ".join(leaks)
+    await dispose_checking_leaks(engines)
 
 
 class PoolActivity:

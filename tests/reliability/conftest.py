@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 
 import async_orm
 from async_orm import _worker
-from tests.conftest import IN_CI, PG_URL, pg_url_kwargs
+from tests.conftest import IN_CI, PG_URL, dispose_checking_leaks, pg_url_kwargs
 from tests.reliability._support import PRIVATE_PG_PASSWORD, RelBase
 
 PG_BINDIR = Path(os.environ.get("ASYNC_ORM_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -87,13 +87,7 @@ async def make_engine(
         return eng
 
     yield make
-    leaks = []
-    for eng in engines:
-        checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
-        if checked_out:
-            leaks.append(f"{eng!r}: {checked_out} connection(s) checked out")
-        await eng.dispose()
-    assert not leaks, "; ".join(leaks)
+    await dispose_checking_leaks(engines)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import async_orm
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, dispose_checking_leaks
 from tests.topology._servers import Topology, missing_binaries, wait_until_accepting
 
 #: what psycopg needs behind PgBouncer 1.18 in transaction mode: no server-side
@@ -69,13 +69,7 @@ async def make_engine() -> AsyncIterator[EngineFactory]:
         return engine
 
     yield make
-    leaks = []
-    for engine in engines:
-        checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
-        if checked_out:
-            leaks.append(f"{engine!r}: {checked_out} connection(s) checked out")
-        await engine.dispose()
-    assert not leaks, "; ".join(leaks)
+    await dispose_checking_leaks(engines)
 
 
 AdminQuery = Callable[..., Awaitable[list[tuple[Any, ...]]]]
