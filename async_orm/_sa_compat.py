@@ -216,3 +216,25 @@ def missing_internals() -> list[str]:
         if not hasattr(owner, name):
             missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
     return missing
+
+
+# --------------------------------------------------------------------------
+# pools: async_orm.engine's AsyncAdaptedQueuePool has QueuePool's thread-safe queue
+
+#: the queue class of QueuePool (``QueuePool._queue_class``), thread-safe
+THREAD_SAFE_QUEUE: Final = QueuePool._queue_class
+
+
+def make_pool_thread_safe(pool: QueuePool, cls: type[QueuePool]) -> None:
+    """Turn an unused AsyncAdaptedQueuePool into ``cls`` (its thread-safe subclass):
+    the same settings, QueuePool's queue in ``pool._pool``."""
+    from sqlalchemy import exc as sa_exc
+
+    old = pool._pool
+    if old.qsize() or pool.checkedout():
+        raise sa_exc.ArgumentError(
+            f"{type(pool).__name__} {pool!r} has already handed out connections; give an "
+            "async_orm engine a new pool (or poolclass=...)."
+        )
+    pool._pool = THREAD_SAFE_QUEUE(old.maxsize, use_lifo=old.use_lifo)
+    pool.__class__ = cls

@@ -10,6 +10,7 @@ application already has.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sqlite3
 import uuid
 import weakref
@@ -23,11 +24,12 @@ from sqlalchemy.engine import create_pool_from_url as _sa_create_pool_from_url
 from sqlalchemy.engine.base import NestedTransaction
 from sqlalchemy.engine.cursor import CursorResult
 from sqlalchemy.engine.url import URL
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool, SingletonThreadPool, StaticPool
 from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
 from . import _guard, _sa_compat, _worker
 from ._worker import CONNECT, END, ROLLBACK, SAVEPOINT_ROLLBACK, STATEMENT, STREAM, USER
+from .base import ReversibleProxy, proxy_of
 from .exc import (
     AsyncContextAlreadyStarted,
     AsyncContextNotStarted,
@@ -61,6 +63,7 @@ __all__ = [
     "AsyncConnection",
     "AsyncEngine",
     "AsyncTransaction",
+    "ThreadSafeAsyncAdaptedQueuePool",
     "async_engine_from_config",
     "create_async_engine",
     "create_async_pool_from_url",
@@ -126,16 +129,17 @@ def _share_sqlite_memory(u: URL, kw: dict[str, Any]) -> None:
     session would see its own.  Instead, ``sqlite://`` becomes one named database of
     SQLite's ``memdb`` VFS, which connections of this process share with SQLite's
     ordinary locking (writers are serialized, waiting up to the driver's ``timeout``),
-    behind a QueuePool, so several sessions are open at once.  A ``file:...?mode=memory``
-    URI keeps its own sharing rules and gets the same pool.  One connection is kept
-    open for the engine's lifetime, so the database outlives its sessions.
+    behind the default queue pool, so several sessions are open at once.  A
+    ``file:...?mode=memory`` URI keeps its own sharing rules and gets the same pool.
+    One connection is kept open for the engine's lifetime, so the database outlives
+    its sessions.
     """
     kind = _sqlite_memory_kind(u)
     if kind is None or {"poolclass", "pool", "creator"} & kw.keys():
         return
     connect_args = dict(kw.get("connect_args", {}))
     connect_args.setdefault("check_same_thread", False)
-    kw["poolclass"] = QueuePool
+    kw["poolclass"] = ThreadSafeAsyncAdaptedQueuePool
     if kind == "private":
         target = f"file:/async_orm-{uuid.uuid4().hex}?vfs=memdb"
         timeout = float(connect_args.pop("timeout", 5.0))
@@ -181,6 +185,120 @@ def _keep_sqlite_memory_alive(sync_engine: Engine) -> None:
     weakref.finalize(sync_engine, keeper.close)
 
 
+# --------------------------------------------------------------------------
+# pools
+
+
+class ThreadSafeAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
+    """The :class:`~sqlalchemy.pool.AsyncAdaptedQueuePool` of an async_orm engine.
+
+    The pool of an asyncio engine, as in SQLAlchemy, and its default pool; but its
+    connections are checked out and in on worker threads, so its queue is QueuePool's
+    thread-safe one (SQLAlchemy's asyncio queue needs greenlet and one event loop).
+    ``poolclass=AsyncAdaptedQueuePool`` and ``pool=AsyncAdaptedQueuePool(...)`` become
+    this pool.
+    """
+
+    _is_asyncio = False  # it serves a sync dialect on threads
+    _queue_class = _sa_compat.THREAD_SAFE_QUEUE
+
+
+_thread_safe_classes: dict[type[QueuePool], type[QueuePool]] = {
+    AsyncAdaptedQueuePool: ThreadSafeAsyncAdaptedQueuePool
+}
+
+
+def _thread_safe_pool_class(cls: type[QueuePool]) -> type[QueuePool]:
+    """``cls`` (AsyncAdaptedQueuePool or an application's subclass of it), thread-safe."""
+    if issubclass(cls, ThreadSafeAsyncAdaptedQueuePool):
+        return cls
+    found = _thread_safe_classes.get(cls)
+    if found is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        found = _thread_safe_classes[cls] = type(
+            cls.__name__, (ThreadSafeAsyncAdaptedQueuePool, cls), namespace
+        )
+    return found
+
+
+def _refuse_pool_class(cls: type[Pool]) -> NoReturn:
+    why = (
+        "it would give each session's worker thread a connection of its own (and, for "
+        "in-memory SQLite, a database of its own)"
+        if issubclass(cls, SingletonThreadPool)
+        else "the queue pool of an asyncio engine is AsyncAdaptedQueuePool (the default; "
+        "in async_orm it has QueuePool's thread-safe queue)"
+    )
+    raise sa_exc.ArgumentError(
+        f"Pool class {cls.__name__} cannot be used with asyncio engine: {why}. Pass "
+        "poolclass=AsyncAdaptedQueuePool, NullPool or StaticPool, or leave it out; or make "
+        "the sync engine yourself and wrap it: AsyncEngine(create_engine(url, "
+        f"poolclass={cls.__name__})).",
+        code="pcls",
+    )
+
+
+def _async_pool_rules(u: URL, kw: dict[str, Any]) -> None:
+    """The pool of an asyncio engine, as SQLAlchemy's rules give it, for a sync dialect:
+    AsyncAdaptedQueuePool by default and when asked for (thread-safe here), QueuePool
+    and SingletonThreadPool refused; NullPool, StaticPool, AssertionPool as given."""
+    pool = kw.get("pool")
+    if pool is not None:
+        if isinstance(pool, AsyncAdaptedQueuePool):
+            _sa_compat.make_pool_thread_safe(pool, _thread_safe_pool_class(type(pool)))
+        elif isinstance(pool, (QueuePool, SingletonThreadPool)):
+            _refuse_pool_class(type(pool))
+        return
+    poolclass = kw.get("poolclass")
+    if poolclass is not None:
+        if issubclass(poolclass, AsyncAdaptedQueuePool):
+            kw["poolclass"] = _thread_safe_pool_class(poolclass)
+        elif issubclass(poolclass, (QueuePool, SingletonThreadPool)):
+            _refuse_pool_class(poolclass)
+        return
+    try:
+        dialect_cls: Any = u.get_dialect()
+        default = dialect_cls.get_pool_class(u)
+    except sa_exc.NoSuchModuleError:
+        return  # create_engine says what is missing
+    if issubclass(default, QueuePool):
+        kw["poolclass"] = ThreadSafeAsyncAdaptedQueuePool
+    elif issubclass(default, SingletonThreadPool):
+        kw["poolclass"] = StaticPool  # in-memory SQLite with a creator: one connection
+
+
+def _async_creator(async_creator: Callable[[], Any]) -> Callable[[], Any]:
+    """``async_creator=``: a coroutine function returning a connection of the sync
+    driver, run as a pool's ``creator`` (on a worker, which it blocks meanwhile)."""
+
+    def creator() -> Any:
+        connection = _worker.run_coroutine(async_creator())
+        commit = getattr(connection, "commit", None)
+        if commit is None or inspect.iscoroutinefunction(commit):
+            raise sa_exc.ArgumentError(
+                f"async_creator returned {connection!r}, which is not a DB-API connection "
+                "of a sync driver. async_orm runs sync drivers: return, for example, "
+                "psycopg.connect(...) (awaiting whatever it needs first, such as a token)."
+            )
+        return connection
+
+    return creator
+
+
+def _async_engine_args(u: URL, kw: dict[str, Any]) -> None:
+    """create_async_engine()'s own arguments, made into create_engine()'s."""
+    if "async_creator" in kw:
+        if "creator" in kw:
+            raise sa_exc.ArgumentError(
+                "Can only specify one of 'async_creator' or 'creator', not both."
+            )
+        kw["creator"] = _async_creator(kw.pop("async_creator"))
+    if kw.pop("pgbouncer", False):
+        _behind_pgbouncer(u, kw)
+    _share_sqlite_memory(u, kw)
+    _async_pool_rules(u, kw)
+
+
 def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
     """Create an :class:`AsyncEngine` from a sync database URL.
 
@@ -208,21 +326,10 @@ def create_async_engine(url: str | URL, **kw: Any) -> AsyncEngine:
             "use the connection.stream() method for an async "
             "streaming result set"
         )
-    if "async_creator" in kw:
-        if "creator" in kw:
-            raise sa_exc.ArgumentError(
-                "Can only specify one of 'async_creator' or 'creator', not both."
-            )
-        raise sa_exc.ArgumentError(
-            "async_creator is for async drivers; async_orm runs sync drivers, so pass a "
-            "sync connection factory as creator=... instead."
-        )
     max_workers = kw.pop("max_workers", None)
     worker_timeout = kw.pop("worker_timeout", _worker._UNSET)
     u = _check_sync_url(url)
-    if kw.pop("pgbouncer", False):
-        _behind_pgbouncer(u, kw)
-    _share_sqlite_memory(u, kw)
+    _async_engine_args(u, kw)
     sync_engine = create_engine(u, **kw)
     engine = AsyncEngine(sync_engine, max_workers=max_workers, worker_timeout=worker_timeout)
     _keep_sqlite_memory_alive(sync_engine)
@@ -246,53 +353,39 @@ def async_engine_from_config(
 
 def create_async_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
     """Create a connection pool for a sync URL, like
-    :func:`sqlalchemy.create_pool_from_url`; async driver URLs are refused."""
-    return _sa_create_pool_from_url(_check_sync_url(url), **kwargs)
+    :func:`sqlalchemy.create_pool_from_url`, with the pool rules of
+    :func:`create_async_engine`; async driver URLs are refused."""
+    return _create_pool_from_url(url, **kwargs, _is_async=True)
 
 
-#: sync object -> its async front (weakly both ways): one async object per sync one,
-#: as SQLAlchemy's reversible proxies give
-_proxies: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
+def _create_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
+    """:func:`sqlalchemy.create_pool_from_url`; with ``_is_async=True`` (as SQLAlchemy
+    calls it for an asyncio engine's pool), the sync URL and pool rules of one."""
+    if kwargs.pop("_is_async", False):
+        u = _check_sync_url(url)
+        _async_engine_args(u, kwargs)
+        return _sa_create_pool_from_url(u, **kwargs)
+    return _sa_create_pool_from_url(url, **kwargs)
 
 
-def _register_proxy(target: Any, proxy: Any) -> None:
-    _proxies[target] = weakref.ref(proxy)
+def _register_proxy(target: Any, proxy: ReversibleProxy) -> None:
+    proxy._assign_proxied(target)
 
 
-def _proxy_of(target: Any) -> Any:
-    """The async front registered for ``target``, or None."""
-    ref = _proxies.get(target)
-    return ref() if ref is not None else None
+_RP = TypeVar("_RP", bound=ReversibleProxy)
 
 
-def _proxy_for(target: Any, make: Callable[[], _T]) -> _T:
+def _proxy_for(target: Any, make: Callable[[], _RP]) -> _RP:
     """The async front of ``target``, made by ``make()`` the first time."""
-    found = _proxy_of(target)
+    found = proxy_of(target)
     if found is None:
         found = make()
-        _proxies[target] = weakref.ref(found)
+        found._assign_proxied(target)
     return found  # type: ignore[no-any-return]
 
 
 def _async_engine(sync_engine: Engine) -> AsyncEngine:
     return _proxy_for(sync_engine, lambda: AsyncEngine(sync_engine))
-
-
-class _ReversibleProxy:
-    """SQLAlchemy's reversible-proxy lookups (``_retrieve_proxy_for_target``,
-    ``_regenerate_proxy_for_target``), over the one registry above."""
-
-    __slots__ = ()
-
-    @classmethod
-    def _regenerate_proxy_for_target(cls, target: Any) -> Any:
-        raise NotImplementedError()
-
-    @classmethod
-    def _retrieve_proxy_for_target(cls, target: Any, regenerate: bool = True) -> Any:
-        if not regenerate:
-            return _proxy_of(target)
-        return _proxy_for(target, lambda: cls._regenerate_proxy_for_target(target))
 
 
 async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
@@ -305,7 +398,7 @@ async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
 # StartableContext, AsyncConnectable
 
 
-class AsyncConnectable(_ReversibleProxy):
+class AsyncConnectable(ReversibleProxy):
     """Base of :class:`AsyncEngine` and :class:`AsyncConnection`: something a
     session can be bound to."""
 
@@ -401,7 +494,7 @@ class AsyncEngine(AsyncConnectable):
         self.sync_engine = sync_engine
         self._limiter = _worker.limiter_for(sync_engine, max_workers, worker_timeout)
         _worker.instrument(sync_engine)
-        if _proxy_of(sync_engine) is None:
+        if proxy_of(sync_engine) is None:
             _register_proxy(sync_engine, self)
 
     # -- proxy comparisons ------------------------------------------------------
@@ -536,13 +629,27 @@ def _buffer_result(
             f"Can't use the {owner}.{method}() method with a server-side cursor. Use "
             f"the {owner}.stream() method for an async streaming result set."
         )
+    cursor = result.cursor
     _sa_compat.buffer_cursor_result(result)
+    result.cursor = cursor  # closed, but there, as an async driver's buffered result has it
     return result
+
+
+def _await_required(dialect: Dialect) -> NoReturn:
+    raise sa_exc.AwaitRequired(
+        "The current operation required an async execution but none was in progress: "
+        f"the dialect {dialect.name}+{dialect.driver} says it is async "
+        "(dialect.is_async), and async_orm runs the statements of sync drivers on worker "
+        "threads. Use the sync driver's dialect (for example postgresql+psycopg://), or "
+        "run_sync() for code that runs the driver synchronously."
+    )
 
 
 def _execute_buffered(
     conn: Connection, statement: Any, parameters: Any, execution_options: Any
 ) -> CursorResult[Unpack[TupleAny]]:
+    if conn.dialect.is_async:
+        _await_required(conn.dialect)
     result = conn.execute(statement, parameters, execution_options=execution_options)
     return _buffer_result(result, "execute")
 
@@ -550,12 +657,20 @@ def _execute_buffered(
 def _exec_driver_sql_buffered(
     conn: Connection, statement: str, parameters: Any, execution_options: Any
 ) -> CursorResult[Unpack[TupleAny]]:
+    if conn.dialect.is_async:
+        _await_required(conn.dialect)
     result = conn.exec_driver_sql(statement, parameters, execution_options)
     return _buffer_result(result, "exec_driver_sql")
 
 
 def _nothing() -> None:
     return None
+
+
+def _hand_out_raw_connection(conn: AsyncConnection) -> PoolProxiedConnection:
+    if conn._owns_runner:
+        conn._runner.finalizer = None  # see get_raw_connection()
+    return conn._connection_for().connection
 
 
 class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
@@ -715,8 +830,11 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         return self
 
     async def get_raw_connection(self) -> PoolProxiedConnection:
-        """The pooled DBAPI connection this connection uses."""
-        return await self._runner.run(STATEMENT, getattr, self._connection_for(), "connection")
+        """The pooled DBAPI connection this connection uses.  It is then the caller's
+        too: if this AsyncConnection is garbage-collected unclosed, its worker and slot
+        come back, but the connection is not closed under the caller (as in SQLAlchemy,
+        it returns to the pool when it is closed, or garbage-collected, itself)."""
+        return await self._runner.run(STATEMENT, _hand_out_raw_connection, self)
 
     async def get_isolation_level(self) -> IsolationLevel:
         """The isolation level of this connection, read from the database."""
@@ -907,6 +1025,16 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
     async def _stream(
         self, statement: Executable, parameters: Any, execution_options: Any
     ) -> AsyncResult[Unpack[TupleAny]]:
+        dialect = self.sync_engine.dialect
+        if dialect.is_async:
+            _await_required(dialect)
+        # SQLite's cursors step through the rows as they are fetched: a stream either way
+        if not (dialect.supports_server_side_cursors or dialect.name == "sqlite"):
+            raise sa_exc.InvalidRequestError(
+                "Can't use `stream` or `stream_scalars` with the current dialect since it "
+                "does not support server side cursors. Use execute() / scalars(), which "
+                "fetch every row at once."
+            )
         options = _STREAM.union(execution_options) if execution_options else _STREAM
         result = await self._runner.run(
             STREAM,
@@ -963,7 +1091,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
 # AsyncTransaction
 
 
-class AsyncTransaction(StartableContext["AsyncTransaction"], _ReversibleProxy):
+class AsyncTransaction(StartableContext["AsyncTransaction"], ReversibleProxy):
     """An asyncio front for a sync :class:`~sqlalchemy.engine.Transaction`."""
 
     __slots__ = ("__weakref__", "connection", "nested", "sync_transaction")
@@ -1081,15 +1209,15 @@ _sa_compat.refuse_inspection(
 )
 
 
-def _get_sync_engine_or_connection(
-    async_engine: AsyncEngine | AsyncConnection | Engine | Connection,
-) -> Engine | Connection:
+def _get_sync_engine_or_connection(async_engine: Any) -> Engine | Connection:
     if isinstance(async_engine, AsyncConnection):
         return async_engine._connection_for()
     if isinstance(async_engine, AsyncEngine):
         return async_engine.sync_engine
     if isinstance(async_engine, (Engine, Connection)):
-        return async_engine
-    raise sa_exc.ArgumentError(
-        f"AsyncEngine, AsyncConnection or a sync Engine expected, got {async_engine!r}"
-    )
+        raise sa_exc.ArgumentError(
+            f"AsyncEngine expected, got {async_engine!r}. Wrap a sync engine once in "
+            "AsyncEngine(engine) and bind to that (async_sessionmaker(engine) does it for "
+            "you); a sync Connection cannot be bound to an async session."
+        )
+    raise sa_exc.ArgumentError(f"AsyncEngine expected, got {async_engine!r}")

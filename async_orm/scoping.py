@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from sqlalchemy import exc as sa_exc
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
         _BindArguments,
         _EntityBindKey,
         _PKIdentityArgument,
-        _SessionBindKey,
     )
     from sqlalchemy.sql.base import Executable
     from sqlalchemy.sql.elements import ClauseElement
@@ -515,11 +514,11 @@ class async_scoped_session(Generic[_AS]):
     def info(self) -> Any:
         return self._proxied.info
 
-    if _HAS_21_API:
+    @property
+    def binds(self) -> Any:
+        return self._proxied.binds
 
-        @property
-        def binds(self) -> Mapping[_SessionBindKey, _AsyncSessionBind]:
-            return self._proxied.binds
+    if _HAS_21_API:
 
         @property
         def execution_options(self) -> Any:

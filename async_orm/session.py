@@ -10,7 +10,6 @@ is idle, and queue behind the calls in flight otherwise.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
@@ -41,6 +40,7 @@ from ._worker import (
     STREAM,
     USER,
 )
+from .base import ReversibleProxy, proxy_of
 from .engine import (
     AsyncConnection,
     AsyncEngine,
@@ -93,10 +93,7 @@ _HAS_21_API = hasattr(Session, "delete_all")
 #: get()/get_one() default: False on SQLAlchemy 2.0, None ("not given") on 2.1
 _POPULATE_EXISTING_DEFAULT: bool | None = None if _HAS_21_API else False
 
-_AsyncSessionBind = AsyncEngine | AsyncConnection | Engine | Connection
-
-_all_sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
-_PROXY = "_async_orm_proxy"
+_AsyncSessionBind = AsyncEngine | AsyncConnection
 
 
 def _merge_options(options: Any, defaults: util.immutabledict[str, Any]) -> Any:
@@ -135,7 +132,7 @@ def _close_or_invalidate(sync: Session) -> None:
         raise
 
 
-class AsyncSession:
+class AsyncSession(ReversibleProxy):
     """An asyncio front for a sync :class:`~sqlalchemy.orm.Session`.
 
     ``bind`` may be an :class:`AsyncEngine`, an :class:`AsyncConnection`, or a
@@ -191,7 +188,7 @@ class AsyncSession:
         if sync_binds or type(sync).get_bind is not Session.get_bind:
             # engines it may reach that it was not given: instrumented on first use
             _worker.watch_binds(sync)
-        sync.__dict__[_PROXY] = weakref.ref(self)  # one async front per sync session
+        self._assign_proxied(sync)  # one async front per sync session
 
         if runner is None:
             engines = {
@@ -205,7 +202,6 @@ class AsyncSession:
         else:
             self._owns_runner = False
         self._runner = runner
-        _all_sessions.add(self)
 
     # -- the hop -----------------------------------------------------------------
 
@@ -757,11 +753,13 @@ class AsyncSession:
             """Bind a mapper (class) to an engine or connection."""
             self.sync_session.bind_mapper(mapper, _get_sync_engine_or_connection(bind))
             self._binds = {**(self._binds or {}), mapper: bind}
+            self._invalidate_translate_binds()
 
         def bind_table(self, table: Any, bind: _AsyncSessionBind) -> None:
             """Bind a table to an engine or connection."""
             self.sync_session.bind_table(table, _get_sync_engine_or_connection(bind))
             self._binds = {**(self._binds or {}), table: bind}
+            self._invalidate_translate_binds()
 
         @property
         def execution_options(self) -> Any:
@@ -791,14 +789,28 @@ class AsyncSession:
             """The ``binds`` this session was created with."""
             return self._binds
 
+    @util.memoized_property
+    def _translate_binds(self) -> dict[Any, Any]:
+        """The binds this session was given (``bind=``, ``binds=``, :meth:`bind_mapper`,
+        :meth:`bind_table`), sync to async and async to sync; rebuilt when they change."""
+        translate: dict[Any, Any] = {}
+        for async_bind in (self._bind, *(self._binds or {}).values()):
+            if async_bind is not None:
+                sync_bind = _get_sync_engine_or_connection(async_bind)
+                translate[async_bind] = sync_bind
+                translate[sync_bind] = async_bind
+        return translate
+
+    def _invalidate_translate_binds(self) -> None:
+        self.__dict__.pop("_translate_binds", None)
+
     def _translate_for_bind(self, bind: Any) -> Any:
-        """The async object (AsyncEngine, AsyncConnection, or the sync bind it was
-        given as) that a sync bind of this session came from."""
-        for candidate in (self._bind, *(self._binds or {}).values()):
-            if candidate is not None and (
-                candidate is bind or _get_sync_engine_or_connection(candidate) is bind
-            ):
-                return candidate
+        """The async object (AsyncEngine, AsyncConnection) that a sync bind of this
+        session came from, or the sync object an async bind stands for."""
+        try:
+            return self._translate_binds[bind]
+        except KeyError:
+            pass
         raise AsyncBindNotFound(
             f"Can't translate bind {bind!r}; it is not among the binds established for "
             f"this {type(self).__name__}. Establish binds on the {type(self).__name__} "
@@ -818,10 +830,11 @@ class AsyncSession:
 
     @bind.setter
     def bind(self, value: Any) -> None:
-        self._bind = value
         self.sync_session.bind = (
             _get_sync_engine_or_connection(value) if value is not None else None
         )
+        self._bind = value
+        self._invalidate_translate_binds()
 
     # -- plain proxied attributes ----------------------------------------------------
 
@@ -927,7 +940,7 @@ class _AsyncSessionContextManager(Generic[_AS]):
             await self.async_session.__aexit__(type_, value, traceback)
 
 
-class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"]):
+class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"], ReversibleProxy):
     """A transaction of an :class:`AsyncSession`; see :meth:`AsyncSession.begin`."""
 
     __slots__ = ("__weakref__", "nested", "session", "sync_transaction")
@@ -1023,7 +1036,8 @@ class async_sessionmaker(Generic[_AS]):
     """A factory of :class:`AsyncSession` objects with a fixed configuration.
 
     ``bind`` may be an :class:`AsyncEngine` or a sync
-    :class:`~sqlalchemy.engine.Engine`::
+    :class:`~sqlalchemy.engine.Engine`, which the factory wraps (as it does the sync
+    engines of ``binds``), once, in its :class:`AsyncEngine`::
 
         Session = async_sessionmaker(engine, expire_on_commit=False)
         async with Session() as session: ...
@@ -1035,7 +1049,7 @@ class async_sessionmaker(Generic[_AS]):
     @overload
     def __init__(
         self,
-        bind: _AsyncSessionBind | None = ...,
+        bind: _AsyncSessionBind | Engine | None = ...,
         *,
         class_: type[_AS],
         autoflush: bool = ...,
@@ -1047,7 +1061,7 @@ class async_sessionmaker(Generic[_AS]):
     @overload
     def __init__(
         self: async_sessionmaker[AsyncSession],
-        bind: _AsyncSessionBind | None = ...,
+        bind: _AsyncSessionBind | Engine | None = ...,
         *,
         autoflush: bool = ...,
         expire_on_commit: bool = ...,
@@ -1057,7 +1071,7 @@ class async_sessionmaker(Generic[_AS]):
 
     def __init__(
         self,
-        bind: _AsyncSessionBind | None = None,
+        bind: _AsyncSessionBind | Engine | None = None,
         *,
         class_: type[_AS] = AsyncSession,  # type: ignore[assignment]
         autoflush: bool = True,
@@ -1070,7 +1084,7 @@ class async_sessionmaker(Generic[_AS]):
         kw["expire_on_commit"] = expire_on_commit
         if info is not None:
             kw["info"] = info
-        self.kw = kw
+        self.kw = _wrap_sync_engines(kw)
         self.class_ = class_
 
     def begin(self) -> _AsyncSessionContextManager[_AS]:
@@ -1091,11 +1105,24 @@ class async_sessionmaker(Generic[_AS]):
 
     def configure(self, **new_kw: Any) -> None:
         """Change the factory's arguments for sessions made from now on."""
-        self.kw.update(new_kw)
+        self.kw.update(_wrap_sync_engines(new_kw))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kw.items())
         return f"{self.__class__.__name__}(class_={self.class_.__name__!r}, {args})"
+
+
+def _wrap_sync_engines(kw: dict[str, Any]) -> dict[str, Any]:
+    """``bind`` / ``binds`` of a session factory with each sync Engine replaced by its
+    AsyncEngine (an AsyncSession itself takes async binds only, as SQLAlchemy's)."""
+    if isinstance(kw.get("bind"), Engine):
+        kw["bind"] = _async_engine(kw["bind"])
+    binds = kw.get("binds")
+    if binds and any(isinstance(b, Engine) for b in binds.values()):
+        kw["binds"] = {
+            key: _async_engine(b) if isinstance(b, Engine) else b for key, b in binds.items()
+        }
+    return kw
 
 
 # --------------------------------------------------------------------------
@@ -1159,8 +1186,8 @@ def async_object_session(instance: object) -> AsyncSession | None:
 
 def async_session(session: Session) -> AsyncSession | None:
     """The :class:`AsyncSession` running this sync :class:`Session`, or ``None``."""
-    ref = session.__dict__.get(_PROXY)
-    return ref() if ref is not None else None
+    found = proxy_of(session)
+    return found if isinstance(found, AsyncSession) else None
 
 
 _sa_compat.set_async_session_provider(async_session)
@@ -1168,5 +1195,7 @@ _sa_compat.set_async_session_provider(async_session)
 
 async def close_all_sessions() -> None:
     """Close every :class:`AsyncSession` of this process, each on its own worker."""
-    for session in list(_all_sessions):
-        await session.close()
+    fronts = [ref() for ref in list(ReversibleProxy._proxy_objects.values())]
+    for session in fronts:
+        if isinstance(session, AsyncSession):
+            await session.close()

@@ -47,13 +47,7 @@ import async_orm
 # The allow-list: every intentional difference, with its reason.
 
 #: Names of ``sqlalchemy.ext.asyncio`` (module key, name) that async_orm does not mirror.
-NOT_MIRRORED: dict[tuple[str, str], str] = {
-    ("", "base"): (
-        "sqlalchemy.ext.asyncio.base is the greenlet proxy machinery (ReversibleProxy, "
-        "GeneratorStartableContext, ...), documented nowhere; issue 3 names engine, session, "
-        "result, scoping and exc as the public submodules."
-    ),
-}
+NOT_MIRRORED: dict[tuple[str, str], str] = {}
 
 #: Parameters async_orm accepts beyond the reference's.  Each must be optional
 #: (a default, or **kw-style keyword-only with a default) so that every call
@@ -73,6 +67,10 @@ EXTRA_PARAMETERS: dict[str, tuple[frozenset[str], str]] = {
 
 #: async_orm's own public names (design.md, "What this library adds").
 ADDITIONS: dict[tuple[str, str], str] = {
+    ("engine", "ThreadSafeAsyncAdaptedQueuePool"): (
+        "the AsyncAdaptedQueuePool of an async_orm engine (its default pool), with QueuePool's "
+        "thread-safe queue; poolclass=AsyncAdaptedQueuePool becomes it."
+    ),
     ("", "allow_loop_io"): (
         "the documented opt-out of the event-loop I/O guard (design invariant 3)."
     ),

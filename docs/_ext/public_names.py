@@ -45,6 +45,9 @@ ALIASES: dict[str, str] = {
     "CoreExecuteOptionsParameter": "Mapping[str, Any]",
     "_ExecuteOptions": "Mapping[str, Any]",  # an immutabledict, which SQLAlchemy does not document
     "IsolationLevel": "str",
+    # sqlalchemy.pool.base
+    "_CreatorFnType": "Callable[[], Any]",
+    "_CreatorWRecFnType": "Callable[[Any], Any]",
     # sqlalchemy.orm
     "OrmExecuteOptionsParameter": "Mapping[str, Any]",
     "_BindArguments": "dict[str, Any]",

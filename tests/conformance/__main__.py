@@ -4,7 +4,7 @@
 
 For the installed SQLAlchemy version X it
 
-1. downloads SQLAlchemy's sdist (``pip download --no-deps --no-binary :all:
+1. downloads SQLAlchemy's sdist (``pip download --no-deps --no-binary sqlalchemy
    sqlalchemy==X``; cached, nothing of SQLAlchemy's is committed here),
 2. unpacks its ``test/`` into a temporary directory, rewrites the imports of
    ``test/ext/asyncio/test_engine.py``, ``test_session.py`` and
@@ -115,8 +115,8 @@ def sdist_for(version: str, cache: Path) -> Path:
             "download",
             "--quiet",
             "--no-deps",
-            "--no-binary",
-            ":all:",
+            "--no-binary",  # the sdist of SQLAlchemy only: its build requirements
+            "sqlalchemy",  # (Cython, for the metadata step) come as wheels
             f"sqlalchemy=={version}",
             "-d",
             str(cache),
