@@ -124,3 +124,21 @@ async def test_instrumenting_an_engine_keeps_sqlalchemys_fast_path(tmp_path: Any
     async with engine.connect() as conn:
         assert await conn.scalar(sa.text("select 2")) == 2
     await engine.dispose()
+
+
+def test_an_async_adapted_queue_pool_gets_queue_pools_thread_safe_queue() -> None:
+    # QueuePool._queue_class and pool._pool (the queue of a QueuePool instance)
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    assert _sa_compat.THREAD_SAFE_QUEUE is sa.util.queue.Queue
+
+    class Swapped(AsyncAdaptedQueuePool):
+        pass
+
+    pool = AsyncAdaptedQueuePool(lambda: None, pool_size=3, use_lifo=True)
+    assert type(pool._pool) is sa.util.queue.AsyncAdaptedQueue
+    _sa_compat.make_pool_thread_safe(pool, Swapped)
+    assert type(pool) is Swapped
+    assert type(pool._pool) is sa.util.queue.Queue
+    assert (pool._pool.maxsize, pool._pool.use_lifo) == (3, True)
+    assert pool.checkedout() == 0 and pool.size() == 3
