@@ -1826,33 +1826,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def run_coroutine(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coro`` to its end from this thread, blocking it, and return its result.
-
-    On an async_orm worker running an awaited call, ``coro`` runs on the event loop
-    (asyncio or Trio) of the task awaiting that call, so it may use that loop's
-    objects (``async_creator=``: a token fetched with the application's client);
-    elsewhere, on a new asyncio event loop of this thread.
-    """
-    call: _Call | None = getattr(_current, "call", None)
-    if call is not None and call.loop is not None:
-        return asyncio.run_coroutine_threadsafe(coro, call.loop).result()
-    signal = call.signal if call is not None else None
-    token = signal._token if signal is not None else None
-    if token is not None:
-        import trio
-
-        async def run() -> _T:
-            return await coro
-
-        return trio.from_thread.run(run, trio_token=token)
-    if _get_running_loop() is not None:
-        coro.close()
-        raise RuntimeError(
-            "a coroutine (async_creator=) was to run to its end on an event loop's own "
-            "thread, which would block that loop: connect through the async API "
-            "(await engine.connect(), a session) so that it runs on a worker thread"
-        )
-    return asyncio.run(coro)

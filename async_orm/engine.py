@@ -10,7 +10,6 @@ application already has.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import sqlite3
 import uuid
 import weakref
@@ -267,24 +266,6 @@ def _async_pool_rules(u: URL, kw: dict[str, Any]) -> None:
         kw["poolclass"] = StaticPool  # in-memory SQLite with a creator: one connection
 
 
-def _async_creator(async_creator: Callable[[], Any]) -> Callable[[], Any]:
-    """``async_creator=``: a coroutine function returning a connection of the sync
-    driver, run as a pool's ``creator`` (on a worker, which it blocks meanwhile)."""
-
-    def creator() -> Any:
-        connection = _worker.run_coroutine(async_creator())
-        commit = getattr(connection, "commit", None)
-        if commit is None or inspect.iscoroutinefunction(commit):
-            raise sa_exc.ArgumentError(
-                f"async_creator returned {connection!r}, which is not a DB-API connection "
-                "of a sync driver. async_orm runs sync drivers: return, for example, "
-                "psycopg.connect(...) (awaiting whatever it needs first, such as a token)."
-            )
-        return connection
-
-    return creator
-
-
 def _async_engine_args(u: URL, kw: dict[str, Any]) -> None:
     """create_async_engine()'s own arguments, made into create_engine()'s."""
     if "async_creator" in kw:
@@ -292,7 +273,10 @@ def _async_engine_args(u: URL, kw: dict[str, Any]) -> None:
             raise sa_exc.ArgumentError(
                 "Can only specify one of 'async_creator' or 'creator', not both."
             )
-        kw["creator"] = _async_creator(kw.pop("async_creator"))
+        raise sa_exc.ArgumentError(
+            "async_creator is for async drivers; async_orm runs sync drivers, so pass a "
+            "sync connection factory as creator=... instead."
+        )
     if kw.pop("pgbouncer", False):
         _behind_pgbouncer(u, kw)
     _share_sqlite_memory(u, kw)
@@ -1215,9 +1199,7 @@ def _get_sync_engine_or_connection(async_engine: Any) -> Engine | Connection:
     if isinstance(async_engine, AsyncEngine):
         return async_engine.sync_engine
     if isinstance(async_engine, (Engine, Connection)):
-        raise sa_exc.ArgumentError(
-            f"AsyncEngine expected, got {async_engine!r}. Wrap a sync engine once in "
-            "AsyncEngine(engine) and bind to that (async_sessionmaker(engine) does it for "
-            "you); a sync Connection cannot be bound to an async session."
-        )
-    raise sa_exc.ArgumentError(f"AsyncEngine expected, got {async_engine!r}")
+        return async_engine
+    raise sa_exc.ArgumentError(
+        f"AsyncEngine, AsyncConnection or a sync Engine expected, got {async_engine!r}"
+    )

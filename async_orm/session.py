@@ -93,7 +93,7 @@ _HAS_21_API = hasattr(Session, "delete_all")
 #: get()/get_one() default: False on SQLAlchemy 2.0, None ("not given") on 2.1
 _POPULATE_EXISTING_DEFAULT: bool | None = None if _HAS_21_API else False
 
-_AsyncSessionBind = AsyncEngine | AsyncConnection
+_AsyncSessionBind = AsyncEngine | AsyncConnection | Engine | Connection
 
 
 def _merge_options(options: Any, defaults: util.immutabledict[str, Any]) -> Any:
@@ -136,8 +136,9 @@ class AsyncSession(ReversibleProxy):
     """An asyncio front for a sync :class:`~sqlalchemy.orm.Session`.
 
     ``bind`` may be an :class:`AsyncEngine`, an :class:`AsyncConnection`, or a
-    sync :class:`~sqlalchemy.engine.Engine` / :class:`~sqlalchemy.engine.Connection`
-    the application already has; other keywords go to ``sync_session_class``.
+    sync :class:`~sqlalchemy.engine.Engine` (which the session binds to through its
+    one :class:`AsyncEngine`) or :class:`~sqlalchemy.engine.Connection` the
+    application already has; other keywords go to ``sync_session_class``.
     The session takes a worker thread on its first awaited call and gives it
     back on :meth:`close`.  Use one per request or task; several tasks may share
     one, and their calls then run one at a time, in the order made.
@@ -167,11 +168,15 @@ class AsyncSession(ReversibleProxy):
         sync_binds: dict[_SessionBindKey, Engine | Connection] | None = None
         runner: _worker.Runner | None = None
         if bind is not None:
+            if isinstance(bind, Engine):  # a sync engine: its one AsyncEngine
+                bind = _async_engine(bind)
             self._bind = bind
             sync_bind = _get_sync_engine_or_connection(bind)
             if isinstance(bind, AsyncConnection):
                 runner = bind._runner  # the connection's thread is the session's thread
         if binds is not None:
+            if any(isinstance(b, Engine) for b in binds.values()):
+                binds = _async_binds(binds)
             self._binds = binds
             sync_binds = {key: _get_sync_engine_or_connection(b) for key, b in binds.items()}
         if sync_session_class is not None:
@@ -1049,7 +1054,7 @@ class async_sessionmaker(Generic[_AS]):
     @overload
     def __init__(
         self,
-        bind: _AsyncSessionBind | Engine | None = ...,
+        bind: _AsyncSessionBind | None = ...,
         *,
         class_: type[_AS],
         autoflush: bool = ...,
@@ -1061,7 +1066,7 @@ class async_sessionmaker(Generic[_AS]):
     @overload
     def __init__(
         self: async_sessionmaker[AsyncSession],
-        bind: _AsyncSessionBind | Engine | None = ...,
+        bind: _AsyncSessionBind | None = ...,
         *,
         autoflush: bool = ...,
         expire_on_commit: bool = ...,
@@ -1071,7 +1076,7 @@ class async_sessionmaker(Generic[_AS]):
 
     def __init__(
         self,
-        bind: _AsyncSessionBind | Engine | None = None,
+        bind: _AsyncSessionBind | None = None,
         *,
         class_: type[_AS] = AsyncSession,  # type: ignore[assignment]
         autoflush: bool = True,
@@ -1112,16 +1117,19 @@ class async_sessionmaker(Generic[_AS]):
         return f"{self.__class__.__name__}(class_={self.class_.__name__!r}, {args})"
 
 
+def _async_binds(binds: dict[Any, Any]) -> dict[Any, Any]:
+    """``binds`` with each sync Engine replaced by its one AsyncEngine."""
+    return {key: _async_engine(b) if isinstance(b, Engine) else b for key, b in binds.items()}
+
+
 def _wrap_sync_engines(kw: dict[str, Any]) -> dict[str, Any]:
     """``bind`` / ``binds`` of a session factory with each sync Engine replaced by its
-    AsyncEngine (an AsyncSession itself takes async binds only, as SQLAlchemy's)."""
+    AsyncEngine, made once (and kept alive) by the factory."""
     if isinstance(kw.get("bind"), Engine):
         kw["bind"] = _async_engine(kw["bind"])
     binds = kw.get("binds")
     if binds and any(isinstance(b, Engine) for b in binds.values()):
-        kw["binds"] = {
-            key: _async_engine(b) if isinstance(b, Engine) else b for key, b in binds.items()
-        }
+        kw["binds"] = _async_binds(binds)
     return kw
 
 

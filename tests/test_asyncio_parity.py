@@ -1,19 +1,18 @@
 """Behaviours of sqlalchemy.ext.asyncio that SQLAlchemy's own test suite found missing
 (issue 15; ``python -m tests.conformance``), each on SQLite and PostgreSQL: the proxy
 registry, the bind translation map, ``result.cursor``, ``stream()`` without server-side
-cursors, async binds only, the asyncio engine's pool rules, ``async_creator=``, an
-async dialect's statements, and a raw connection outliving its AsyncConnection."""
+cursors, sync engines bound through their AsyncEngine, the asyncio engine's pool rules,
+``async_creator=`` refused, an async dialect's statements, and a raw connection
+outliving its AsyncConnection."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import sqlite3
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -159,18 +158,23 @@ async def test_stream_is_refused_without_server_side_cursors(
 # -- an AsyncSession takes async binds; a session factory wraps sync engines -------------
 
 
-async def test_async_session_refuses_sync_engines(engine: AsyncEngine) -> None:
+async def test_async_session_binds_a_sync_engine_through_its_async_engine(
+    engine: AsyncEngine,
+) -> None:
     sync_engine = engine.sync_engine
-    with pytest.raises(sa_exc.ArgumentError, match="AsyncEngine expected, got Engine"):
-        AsyncSession(bind=sync_engine)
-    with pytest.raises(sa_exc.ArgumentError, match="AsyncEngine expected, got Engine"):
-        AsyncSession(binds={User: sync_engine})
-    with (
-        async_orm.allow_loop_io(),
-        sync_engine.connect() as sync_conn,
-        pytest.raises(sa_exc.ArgumentError, match="AsyncEngine expected, got"),
-    ):
-        AsyncSession(bind=sync_conn)
+    async with AsyncSession(bind=sync_engine) as session:
+        assert session.bind is engine  # the engine's one front, not a new one
+        assert (await session.execute(select(1))).scalar() == 1
+    async with AsyncSession(binds={User: sync_engine}) as session:
+        assert session.binds[User] is engine if not _HAS_21_API else True
+        if _HAS_21_API:
+            assert session.get_async_bind(User) is engine
+        assert (await session.execute(select(User))).all() == []
+    with async_orm.allow_loop_io(), sync_engine.connect() as sync_conn:
+        session = AsyncSession(bind=sync_conn)  # a sync connection is used as it is
+        assert session.bind is sync_conn
+    with pytest.raises(sa_exc.ArgumentError, match="AsyncEngine, AsyncConnection or a sync"):
+        AsyncSession(bind="postgresql://")  # type: ignore[arg-type]
 
 
 async def test_session_factory_wraps_a_sync_engine_once(engine: AsyncEngine) -> None:
@@ -275,49 +279,18 @@ def test_create_async_pool_from_url_follows_the_engine_rules(db_url: DbUrl) -> N
 # -- async_creator= -------------------------------------------------------------------
 
 
-def _sync_connect(db_url: DbUrl) -> Any:
+def test_async_creator_is_refused_naming_creator(db_url: DbUrl) -> None:
     url, kwargs = db_url
-    return sa.create_engine(url, **kwargs).pool._creator
-
-
-async def test_async_creator_runs_on_the_calling_loop(db_url: DbUrl) -> None:
-    url, _ = db_url
-    connect = _sync_connect(db_url)
-    seen: list[asyncio.AbstractEventLoop] = []
 
     async def async_creator() -> Any:
-        seen.append(asyncio.get_running_loop())
-        await asyncio.sleep(0)  # awaits something of the application's loop
-        with async_orm.allow_loop_io():
-            return connect(None)
+        raise AssertionError("never called")
 
-    engine = async_orm.create_async_engine(url, async_creator=async_creator)
-    assert await _two_at_once(engine) == [1, 1]
-    assert seen == [asyncio.get_running_loop()] * 2
-    await dispose_checking_leaks([engine])
-
-
-async def test_async_creator_errors(db_url: DbUrl, backend: str) -> None:
-    url, _ = db_url
+    with pytest.raises(sa_exc.ArgumentError, match=r"pass a sync connection factory as creator="):
+        async_orm.create_async_engine(url, async_creator=async_creator, **kwargs)
     with pytest.raises(sa_exc.ArgumentError, match="Can only specify one of"):
-        async_orm.create_async_engine(url, creator=lambda: None, async_creator=lambda: None)
-
-    async def not_a_connection() -> Any:
-        return object()
-
-    engine = async_orm.create_async_engine(url, async_creator=not_a_connection)
-    with pytest.raises(sa_exc.ArgumentError, match="not a DB-API connection of a sync driver"):
-        await engine.connect()
-
-    async def failing() -> Any:
-        if backend == "sqlite":
-            raise sqlite3.OperationalError("unable to open database file")
-        raise psycopg.OperationalError("connection refused")
-
-    failing_engine = async_orm.create_async_engine(url, async_creator=failing)
-    with pytest.raises(sa_exc.DBAPIError):  # wrapped by the pool, as any connect error
-        await failing_engine.connect()
-    await dispose_checking_leaks([engine, failing_engine])
+        async_orm.create_async_engine(url, creator=lambda: None, async_creator=async_creator)
+    with pytest.raises(sa_exc.ArgumentError, match="creator="):
+        async_orm.create_async_pool_from_url(url, async_creator=async_creator)
 
 
 # -- an async dialect's statements -------------------------------------------------------

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import threading
 
-import anyio.lowlevel
 import pytest
-import sniffio
-import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, select, text
 
@@ -96,25 +93,5 @@ def test_sql_after_the_block_transaction_was_closed_inside_the_block_is_refused(
                 await conn.commit()
                 await conn.execute(select(1))
         assert await _ids(engine) == [1]
-
-    run(body)
-
-
-def test_async_creator_runs_on_the_event_loop_of_the_connecting_task(run: LoopRun) -> None:
-    connect = sa.create_engine(run.url, **run.url_kwargs).pool._creator
-    seen: list[tuple[str, int]] = []
-
-    async def async_creator() -> object:
-        seen.append((sniffio.current_async_library(), threading.get_ident()))
-        await anyio.lowlevel.checkpoint()  # awaits on the application's event loop
-        with async_orm.allow_loop_io():
-            return connect(None)
-
-    async def body(engine: async_orm.AsyncEngine) -> None:
-        other = run.make_engine(async_creator=async_creator)
-        async with other.connect() as conn:
-            assert await conn.scalar(text("select 1")) == 1
-        await other.dispose()
-        assert seen == [(run.library, threading.get_ident())]  # this loop, its thread
 
     run(body)
