@@ -70,6 +70,7 @@ _log = logging.getLogger("async_orm")
 _get_ident = threading.get_ident
 _get_running_loop = _sa_compat.get_running_loop
 _copy_context = contextvars.copy_context
+_modules = sys.modules
 _CancelledError = asyncio.CancelledError
 
 #: seconds a cancelled task waits for its call to come back before leaving it fenced
@@ -206,8 +207,12 @@ class _Signal:
     def wake(self) -> bool:
         """From any thread; False when the waiting loop is gone."""
         try:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._set_asyncio)
+            loop = self._loop
+            if loop is not None:
+                if loop is _get_running_loop():
+                    self._set_asyncio()  # on the loop's own thread: no wake-up needed
+                else:
+                    loop.call_soon_threadsafe(self._set_asyncio)
             else:
                 self._token.run_sync_soon(self._event.set)
         except RuntimeError:  # asyncio: loop closed; trio: RunFinishedError
@@ -298,6 +303,7 @@ class _Call:
 
     __slots__ = (
         "args",
+        "checkout_limiter",
         "context",
         "cpu",
         "fn",
@@ -342,6 +348,8 @@ class _Call:
         self.value: Any = None
         #: the CPU the worker runs this call on (thread placement), None: anywhere
         self.cpu: int | None = None
+        #: the slots of the pool a checkout of this call is about to take from
+        self.checkout_limiter: Limiter | None = None
 
 
 _STOP: Final = object()
@@ -690,8 +698,15 @@ class Limiter:
         )
 
 
-_limiters: weakref.WeakKeyDictionary[Pool, Limiter] = weakref.WeakKeyDictionary()
+#: a pool's Limiter is kept in the pool's own ``__dict__`` under this name (one
+#: dict lookup, no weak-key registry to hash a new weak reference on every look-up)
+_LIMITER: Final = "_async_orm_limiter"
 _limiters_lock = threading.Lock()
+
+
+def _limiter_of(pool_: Pool) -> Limiter | None:
+    limiter: Limiter | None = pool_.__dict__.get(_LIMITER)
+    return limiter
 
 
 def _coerce_timeout(value: Any, name: str) -> float | None:
@@ -731,7 +746,7 @@ def limiter_for(
     engine's ``execution_options()`` copies).  The wait defaults to the pool's own
     ``pool_timeout`` (``None`` waits as long as it takes)."""
     if max_workers is None and worker_timeout is _UNSET:
-        found = _limiters.get(sync_engine.pool)  # the common case: no lock
+        found = _limiter_of(sync_engine.pool)  # the common case: no lock
         if found is not None:
             return found
     capacity = None if max_workers is None else _coerce_capacity(max_workers)
@@ -739,7 +754,7 @@ def limiter_for(
     timeout = _coerce_timeout(worker_timeout, "worker_timeout") if timeout_given else None
     pool_ = sync_engine.pool
     with _limiters_lock:
-        limiter = _limiters.get(pool_)
+        limiter = _limiter_of(pool_)
         if limiter is None:
             if capacity is None:
                 capacity = _sa_compat.pool_capacity(pool_) or default_capacity()
@@ -750,7 +765,7 @@ def limiter_for(
                 f"engine {sync_engine.url.render_as_string(hide_password=True)!r} "
                 f"({type(pool_).__name__}, capacity {capacity})"
             )
-            limiter = _limiters[pool_] = Limiter(capacity, timeout, describe)
+            limiter = pool_.__dict__[_LIMITER] = Limiter(capacity, timeout, describe)
         else:
             if capacity is not None and capacity != limiter.capacity:
                 raise sa_exc.ArgumentError(
@@ -801,18 +816,21 @@ def instrument(sync_engine: Engine) -> None:
 
 def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``dispose()`` makes a new pool: it keeps the old one's slots and its door."""
+    ref = weakref.ref(sync_engine)  # the override lives in the engine: no cycle
 
     def make(dispose: Callable[..., Any]) -> Callable[..., Any]:
         def dispose_and_keep_the_door(*args: Any, **kw: Any) -> Any:
-            old = sync_engine.pool
+            engine = ref()
+            assert engine is not None  # it is being called
+            old = engine.pool
             try:
                 return dispose(*args, **kw)
             finally:
-                new = sync_engine.pool
+                new = engine.pool
                 with _limiters_lock:
-                    limiter = _limiters.get(old)
-                    if limiter is not None and new not in _limiters:
-                        _limiters[new] = limiter
+                    limiter = _limiter_of(old)
+                    if limiter is not None and _limiter_of(new) is None:
+                        new.__dict__[_LIMITER] = limiter
                 _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
 
         return dispose_and_keep_the_door
@@ -822,23 +840,31 @@ def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[.
 
 def _before_checkout(pool_: Pool) -> None:
     """Before every checkout of an instrumented pool, on the thread checking out."""
-    if _guard.loop_io_refused():
+    if (
+        _get_running_loop() is not None
+        or ("trio" in _modules and _guard.trio_running() is not None)
+    ) and _guard.loop_io_refused():
         raise _guard.checkout_on_loop()
     call: _Call | None = getattr(_current, "call", None)
-    if call is None or call.runner is None:
-        return  # not an owner's call: the application's own thread, or maintenance
-    limiter = _current.checkout_limiter = _limiters.get(pool_)
-    if limiter is not None:
-        call.runner._slot_for(limiter)
+    if call is None:
+        return  # not an owner's call: the application's own thread
+    runner = call.runner
+    if runner is None:
+        return  # maintenance (a garbage-collected owner's close)
+    limiter = call.checkout_limiter = pool_.__dict__.get(_LIMITER)
+    if limiter is not None and not runner._slotless:
+        runner._slot_for(limiter)
 
 
 def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     call: _Call | None = getattr(_current, "call", None)
-    if call is None or call.runner is None or call.runner._slotless:
+    if call is None:
         return
     runner = call.runner
-    limiter: Limiter | None = getattr(_current, "checkout_limiter", None)
-    _current.checkout_limiter = None
+    if runner is None or runner._slotless:
+        return
+    limiter = call.checkout_limiter
+    call.checkout_limiter = None
     with _holders_lock:
         _holders[id(record)] = (weakref.ref(runner), limiter)
         runner._connections[id(record)] = dbapi_connection
@@ -1031,7 +1057,9 @@ class Runner:
     ) -> _T:
         action = _QUEUE
         if self.state is not _ACTIVE or kind.ends:
-            action = await self._admit(kind)
+            action = self._admission(kind)
+            if action is _ACQUIRE or action is _WAIT_END:
+                action = await self._admit(kind)
             if action is not _QUEUE and action is not _QUEUE_BOUNDED:
                 return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
         worker = self.worker
@@ -1124,9 +1152,22 @@ class Runner:
     # -- admission: everything that is not the fast path -------------------------------
 
     async def _admit(self, kind: Kind) -> int:
-        """Bring the runner to a state where ``kind`` can run, and say how it runs:
-        queued on the worker and awaited, queued and not awaited (a recovery call
-        behind a fenced one), in place, or not at all."""
+        """Bring the runner to a state where ``kind`` can run (waiting for a slot or
+        for a close to finish), and say how it runs (see :meth:`_admission`)."""
+        while True:
+            action = self._admission(kind)
+            if action is _ACQUIRE:
+                await self._acquire()
+            elif action is _WAIT_END:
+                await self._wait_end()
+            else:
+                return action
+
+    def _admission(self, kind: Kind) -> int:
+        """How ``kind`` runs in the current state: queued on the worker and awaited,
+        queued and not awaited (a recovery call behind a fenced one), in place, or not
+        at all; or what must be waited for first (a slot, a close).  Takes a free
+        slot at once, so the common first call of an owner does not wait."""
         while True:
             state = self.state
             if state is _ACTIVE or state is _NEEDS_ROLLBACK:
@@ -1149,11 +1190,19 @@ class Runner:
                     return _SKIP
                 raise self._refusal()
             if state is _CLOSING:
-                await self._wait_end()
-                continue
+                return _WAIT_END
             if kind.ends and not kind.acquires:
                 return _IN_PLACE  # no worker was ever taken: nothing holds a connection
-            await self._acquire()
+            if state is not _IDLE or not self._activate_if_free():
+                return _ACQUIRE
+
+    def _activate_if_free(self) -> bool:
+        """IDLE -> ACTIVE when a slot is free and nobody queues for one."""
+        with self._lock:
+            if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
+                self._activate_locked()
+                return True
+        return False
 
     def _idle_locally(self) -> bool:
         return not self._pending and self._posted == self._posted_done
@@ -1397,8 +1446,6 @@ class Runner:
     def _slot_for(self, limiter: Limiter) -> None:
         """Before a checkout from ``limiter``'s pool by one of this owner's calls:
         make sure the owner holds a slot for it (waiting on this worker thread)."""
-        if self._slotless:
-            return
         with _holders_lock:
             if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
                 return
@@ -1518,6 +1565,8 @@ _POST: Final = 2  # queued, not awaited
 _IN_PLACE: Final = 3  # run on the calling thread (no worker was ever taken)
 _IN_PLACE_END: Final = 4  # an end in place, then the worker and slots go back
 _SKIP: Final = 5  # nothing to do
+_ACQUIRE: Final = 6  # not yet: wait for a slot first
+_WAIT_END: Final = 7  # not yet: wait for the close in progress first
 
 
 def _check_instances(instances: Any) -> None:
