@@ -197,18 +197,20 @@ def guard_session(session: Session) -> None:
     every session a reference cycle, left to the garbage collector instead of
     being freed when its last reference goes."""
     ref = weakref.ref(session)
-    unbound = _sa_compat.unbound_method
-    session.__dict__.update(
-        {
-            _sa_compat.SESSION_EXECUTE: partial(
-                _guarded_execute, ref, unbound(session, _sa_compat.SESSION_EXECUTE)
-            ),
-            _sa_compat.SESSION_FLUSH: partial(
-                _guarded_flush, ref, unbound(session, _sa_compat.SESSION_FLUSH)
-            ),
-            "commit": partial(_guarded_commit, ref, unbound(session, "commit")),
-        }
-    )
+    namespace = session.__dict__
+    if _EXECUTE in namespace or _FLUSH in namespace or "commit" in namespace:
+        unbound = _sa_compat.unbound_method  # already shadowed on this instance
+        execute, flush, commit = (unbound(session, n) for n in (_EXECUTE, _FLUSH, "commit"))
+    else:
+        cls = type(session)
+        execute, flush, commit = getattr(cls, _EXECUTE), getattr(cls, _FLUSH), cls.commit
+    namespace[_EXECUTE] = partial(_guarded_execute, ref, execute)
+    namespace[_FLUSH] = partial(_guarded_flush, ref, flush)
+    namespace["commit"] = partial(_guarded_commit, ref, commit)
+
+
+_EXECUTE = _sa_compat.SESSION_EXECUTE
+_FLUSH = _sa_compat.SESSION_FLUSH
 
 
 def guard_dialect(dialect: Any) -> None:

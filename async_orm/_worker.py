@@ -1056,12 +1056,21 @@ class Runner:
         self, kind: Kind, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]
     ) -> _T:
         action = _QUEUE
-        if self.state is not _ACTIVE or kind.ends:
-            action = self._admission(kind)
-            if action is _ACQUIRE or action is _WAIT_END:
-                action = await self._admit(kind)
-            if action is not _QUEUE and action is not _QUEUE_BOUNDED:
-                return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
+        state = self.state
+        if state is not _ACTIVE or kind.ends:
+            if state is _IDLE and not kind.ends and self._activate_if_free():
+                pass  # an owner's first call, a slot free: the common case
+            else:
+                action = self._admission(kind)
+                if action is _ACQUIRE or action is _WAIT_END:
+                    action = await self._admit(kind)
+                if action is _IN_PLACE_END:  # a close with nothing in flight
+                    try:
+                        return fn(*args, **kw)
+                    finally:
+                        self._release()
+                if action is not _QUEUE and action is not _QUEUE_BOUNDED:
+                    return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
         worker = self.worker
         assert worker is not None
         if _inside_runner.get() is self:
@@ -1175,7 +1184,11 @@ class Runner:
                 if state is _NEEDS_ROLLBACK and kind.refused_after_cancel:
                     raise self._refusal()
                 if kind.ends:
-                    if kind.in_place_when_idle and self._idle_locally():
+                    if (
+                        kind.in_place_when_idle
+                        and not self._pending
+                        and self._posted == self._posted_done
+                    ):
                         return _IN_PLACE_END
                     self._begin_end()
                 return _QUEUE
@@ -1200,7 +1213,11 @@ class Runner:
         """IDLE -> ACTIVE when a slot is free and nobody queues for one."""
         with self._lock:
             if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
-                self._activate_locked()
+                if not self._slotless:
+                    home = self._home
+                    self._slots[home] = self._slots.get(home, 0) + 1
+                self.worker = pool.checkout()
+                self.state = _ACTIVE
                 return True
         return False
 
@@ -1215,12 +1232,8 @@ class Runner:
             return None
         if action is _SKIP:
             return None
-        if action is _IN_PLACE:
-            return fn(*args, **kw)
-        try:  # _IN_PLACE_END
-            return fn(*args, **kw)
-        finally:
-            self._release()
+        assert action is _IN_PLACE
+        return fn(*args, **kw)
 
     async def _acquire(self) -> None:
         """IDLE or ACQUIRING -> ACTIVE: a slot (awaited on the loop), then a worker.
@@ -1598,6 +1611,12 @@ def detached(owner_name: str = "AsyncEngine") -> Runner:
 
 def new_runner(engines: list[Engine], owner_name: str, *, reusable: bool = True) -> Runner:
     """A runner for an owner bound to ``engines`` (the distinct engines of its binds)."""
+    if len(engines) == 1:  # the common case, in one step
+        engine = engines[0]
+        if not engine.__dict__.get(_INSTRUMENTED):
+            instrument(engine)
+        home = engine.pool.__dict__.get(_LIMITER) or limiter_for(engine)
+        return Runner(home, owner_name, reusable=reusable)
     for engine in engines:
         instrument(engine)
     if not engines:
