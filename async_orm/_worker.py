@@ -1082,7 +1082,7 @@ class Runner:
             raise error
         loop = _get_running_loop()
         if loop is None:
-            return await self._run_trio(worker, kind, fn, args, kw)  # type: ignore[no-any-return]
+            return await self._run_trio(worker, action, kind, fn, args, kw)  # type: ignore[no-any-return]
         if self._pending and self._loop is not loop:
             raise self._cross_loop_error(loop)
         call = _Call(self, kind, fn, args, kw)
@@ -1098,7 +1098,7 @@ class Runner:
                 return await self._bounded(call, fut)  # type: ignore[no-any-return]
             return await fut  # type: ignore[no-any-return]
         except _CancelledError:
-            if fut.cancelled():
+            if fut.cancelled() or not fut.done():  # (not done: a bounded wait's shield)
                 await self._cancelled(call, worker)
             else:
                 self._unreceived(call, fut)
@@ -1109,6 +1109,7 @@ class Runner:
     async def _run_trio(
         self,
         worker: Worker,
+        action: int,
         kind: Kind,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
@@ -1125,7 +1126,12 @@ class Runner:
         self._pending += 1
         worker.put(call)
         try:
-            await signal.wait()
+            if action is _QUEUE_BOUNDED:
+                if not await signal.wait(GRACE) and self._leave_queued(call, worker):
+                    return None
+                await signal.wait()  # it is done: its outcome is on its way
+            else:
+                await signal.wait()
         except BaseException as error:
             if signal.is_cancel(error):
                 if not signal.woken:
@@ -1421,11 +1427,19 @@ class Runner:
             return await asyncio.wait_for(asyncio.shield(fut), GRACE)
         except (asyncio.TimeoutError, TimeoutError):
             assert self.worker is not None
-            with self.worker.lock:
-                if call.state != _DONE:
-                    call.received = False
-                    return None
+            if self._leave_queued(call, self.worker):
+                return None
             return await fut
+
+    @staticmethod
+    def _leave_queued(call: _Call, worker: Worker) -> bool:
+        """A bounded wait ran out: leave ``call`` queued for the worker to clean up
+        (True), unless it is already done (its outcome is on its way)."""
+        with worker.lock:
+            if call.state != _DONE:
+                call.received = False
+                return True
+        return False
 
     def _unreceived(self, call: _Call, fut: asyncio.Future[Any]) -> None:
         """The task was cancelled just as its outcome arrived: clean the outcome up."""
