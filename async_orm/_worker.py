@@ -355,8 +355,8 @@ class _Call:
 _STOP: Final = object()
 _thread_counter = itertools.count(1)
 
-#: per thread: the call a worker thread is running (absent on other threads)
-_current = threading.local()
+#: thread ident -> the Worker running on that thread (its ``call``: the one it runs)
+_workers: dict[int, Worker] = {}
 
 #: set, in the call's own context, while a run_sync function of a runner runs
 _inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
@@ -367,14 +367,30 @@ _inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
 def calling_loop() -> asyncio.AbstractEventLoop | None:
     """The asyncio loop whose task awaits the call running on this thread, when this
     thread is an async_orm worker running an awaited call; otherwise None."""
-    call: _Call | None = getattr(_current, "call", None)
+    call = _current_call()
     return call.loop if call is not None else None
+
+
+def _current_call() -> _Call | None:
+    """The call this thread runs, when it is an async_orm worker running one."""
+    worker = _workers.get(_get_ident())
+    return worker.call if worker is not None else None
 
 
 class Worker:
     """One daemon thread running calls in FIFO order."""
 
-    __slots__ = ("_queue", "cpu", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
+    __slots__ = (
+        "_queue",
+        "call",
+        "cpu",
+        "ident",
+        "interrupt_lock",
+        "lock",
+        "name",
+        "pool",
+        "thread",
+    )
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -385,6 +401,8 @@ class Worker:
         self._queue: SimpleQueue[_Call | object] = SimpleQueue()
         #: the CPU this thread is placed on (see configure()), None: the process's set
         self.cpu: int | None = None
+        #: the call this thread is running, None between calls
+        self.call: _Call | None = None
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
@@ -397,11 +415,20 @@ class Worker:
         self._queue.put(_STOP)
 
     def _main(self) -> None:
+        ident = _get_ident()
+        _workers[ident] = self
+        try:
+            self._serve()
+        finally:
+            _workers.pop(ident, None)
+
+    def _serve(self) -> None:
         get = self._queue.get
-        lock = self.lock
-        interrupt_lock = self.interrupt_lock
+        # the locks are taken with acquire()/release(): half the cost of 'with'
+        acquire, release = self.lock.acquire, self.lock.release
+        interrupt_acquire = self.interrupt_lock.acquire
+        interrupt_release = self.interrupt_lock.release
         pool = self.pool
-        current = _current
         while True:
             try:
                 call = get(timeout=pool.idle_timeout)
@@ -412,11 +439,14 @@ class Worker:
             if call is _STOP:
                 return
             assert isinstance(call, _Call)
-            with lock:
+            acquire()
+            try:
                 if call.state == _DROPPED:
                     continue
                 call.state = _RUNNING
-            current.call = call
+            finally:
+                release()
+            self.call = call
             cpu = call.cpu
             if cpu != self.cpu and (cpu is not None or not _placement.enabled):
                 _placement.place_worker(self, cpu)
@@ -439,10 +469,15 @@ class Worker:
                 elif type(error) is RuntimeError and error.args == ("no running event loop",):
                     value = RuntimeError(_NO_LOOP_ON_WORKER.format(name=self.name))
                     value.__cause__ = error
-            current.call = None
-            with interrupt_lock, lock:
+            self.call = None
+            interrupt_acquire()
+            acquire()
+            try:
                 call.state = _DONE
                 received = call.received
+            finally:
+                release()
+                interrupt_release()
             runner = call.runner
             if runner is not None and (runner._after or not received):
                 runner._finished(call, ok, value, received)
@@ -505,20 +540,28 @@ class WorkerPool:
         self._alive: set[Worker] = set()
 
     def checkout(self) -> Worker:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             if self._idle:
                 return self._idle.pop()
+        finally:
+            lock.release()
         worker = Worker(self)
         with self._lock:
             self._alive.add(worker)
         return worker
 
     def checkin(self, worker: Worker) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if len(self._idle) < self.max_idle:
                 self._idle.append(worker)
                 return
             self._alive.discard(worker)
+        finally:
+            lock.release()
         worker.stop()
 
     def _retire(self, worker: Worker) -> bool:
@@ -640,19 +683,27 @@ class Limiter:
         return self.capacity - self._free
 
     def try_acquire(self) -> bool:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             if self._free > 0 and not self._queue:
                 self._free -= 1
                 return True
+        finally:
+            lock.release()
         return False
 
     def enqueue(self, request: _Request) -> bool:
         """Take a slot at once (True) or queue ``request`` for one (False)."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on the path of every session that waits)
+        try:
             if self._free > 0 and not self._queue:
                 self._free -= 1
                 return True
             self._queue.append(request)
+        finally:
+            lock.release()
         return False
 
     def withdraw(self, request: _Request) -> bool:
@@ -678,13 +729,17 @@ class Limiter:
         raise self.timeout_error()
 
     def release(self, count: int = 1) -> None:
+        lock = self._lock
         for _ in range(count):
             while True:
-                with self._lock:
+                lock.acquire()  # (not 'with': this is on every session's path)
+                try:
                     if not self._queue:
                         self._free += 1
                         break
                     request = self._queue.popleft()
+                finally:
+                    lock.release()
                 if request.grant():
                     break
 
@@ -845,7 +900,7 @@ def _before_checkout(pool_: Pool) -> None:
         or ("trio" in _modules and _guard.trio_running() is not None)
     ) and _guard.loop_io_refused():
         raise _guard.checkout_on_loop()
-    call: _Call | None = getattr(_current, "call", None)
+    call = _current_call()
     if call is None:
         return  # not an owner's call: the application's own thread
     runner = call.runner
@@ -857,7 +912,7 @@ def _before_checkout(pool_: Pool) -> None:
 
 
 def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    call: _Call | None = getattr(_current, "call", None)
+    call = _current_call()
     if call is None:
         return
     runner = call.runner
@@ -865,11 +920,18 @@ def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         return
     limiter = call.checkout_limiter
     call.checkout_limiter = None
-    with _holders_lock:
-        _holders[id(record)] = (weakref.ref(runner), limiter)
-        runner._connections[id(record)] = dbapi_connection
+    key = id(record)
+    holder = (weakref.ref(runner), limiter)
+    lock = _holders_lock
+    lock.acquire()  # (not 'with': this is on every session's path)
+    try:
+        _holders[key] = holder
+        runner._connections[key] = dbapi_connection
         if limiter is not None:
-            runner._in_use[limiter] = runner._in_use.get(limiter, 0) + 1
+            in_use = runner._in_use
+            in_use[limiter] = in_use.get(limiter, 0) + 1
+    finally:
+        lock.release()
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
@@ -880,7 +942,9 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
             _interrupted.discard(key)
         if interrupted:
             record.invalidate()  # a fresh connection for the next owner, on its checkout
-    with _holders_lock:
+    lock = _holders_lock
+    lock.acquire()  # (not 'with': this is on every session's path)
+    try:
         holder = _holders.pop(key, None)
         if holder is None:
             return
@@ -888,9 +952,11 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
         runner = ref()
         if runner is None:
             return
-        runner._connections.pop(id(record), None)
+        runner._connections.pop(key, None)
         if limiter is not None and runner._in_use.get(limiter):
             runner._in_use[limiter] -= 1
+    finally:
+        lock.release()
 
 
 def watch_binds(session: Session) -> None:
@@ -1212,12 +1278,17 @@ class Runner:
                 return _WAIT_END
             if kind.ends and not kind.acquires:
                 return _IN_PLACE  # no worker was ever taken: nothing holds a connection
-            if state is not _IDLE or not self._activate_if_free():
-                return _ACQUIRE
+            return _ACQUIRE
 
     def _activate_if_free(self) -> bool:
         """IDLE -> ACTIVE when a slot is free and nobody queues for one."""
-        with self._lock:
+        home = self._home
+        if not self._slotless and (home._free <= 0 or home._queue):
+            # a peek without the lock: a slot freed meanwhile is found by enqueue()
+            return False
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
                 if not self._slotless:
                     home = self._home
@@ -1225,6 +1296,8 @@ class Runner:
                 self.worker = pool.checkout()
                 self.state = _ACTIVE
                 return True
+        finally:
+            lock.release()
         return False
 
     def _idle_locally(self) -> bool:
@@ -1247,9 +1320,10 @@ class Runner:
         gives up leaves it to the others."""
         with self._lock:
             if self.state is _IDLE:
-                if self._slotless or self._home.try_acquire():
-                    self._activate_locked()  # the common case: a free slot, no waiting
+                if self._slotless:
+                    self._activate_locked()
                     return
+                # (_run tried for a free slot already: enqueue() takes one that came)
                 signal = _Signal()
                 self.state = State.ACQUIRING
                 request = self._request = _Request(self._granted)
@@ -1275,18 +1349,26 @@ class Runner:
             if self.state not in _WITH_WORKER:
                 raise self._home.timeout_error()
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._woken -= 1
+        finally:
+            lock.release()
 
     def _granted(self) -> bool:
         """The home slot came (on the releasing thread): take a worker, wake everyone."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on the path of every session that waits)
+        try:
             if self.state is not State.ACQUIRING or not self._start_signals:
                 return False
             self._activate_locked()
             signals, self._start_signals = self._start_signals, []
             self._woken = len(signals)
             self._request = None
+        finally:
+            lock.release()
         for signal in signals:
             signal.wake()
         return True
@@ -1368,7 +1450,9 @@ class Runner:
 
     def _release(self) -> None:
         """Give the worker back to the pool and the slots back to their engines."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             worker = self.worker
             self.worker = None
             slots, self._slots = self._slots, {}
@@ -1377,7 +1461,11 @@ class Runner:
             self._after = False
             self._loop = None
             self.state = _IDLE if self._reusable else _CLOSED
-            signals, self._end_signals = self._end_signals, []
+            signals = self._end_signals
+            if signals:
+                self._end_signals = []
+        finally:
+            lock.release()
         if worker is not None:
             pool.checkin(worker)
         for limiter, count in slots.items():
@@ -1473,9 +1561,10 @@ class Runner:
     def _slot_for(self, limiter: Limiter) -> None:
         """Before a checkout from ``limiter``'s pool by one of this owner's calls:
         make sure the owner holds a slot for it (waiting on this worker thread)."""
-        with _holders_lock:
-            if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
-                return
+        # no lock: only this thread adds to either count; a checkin elsewhere can
+        # only lower _in_use, which is as if it had come just after this look
+        if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
+            return
         request = self._slot_request = _Request()
         try:
             limiter.acquire_blocking(request)
@@ -1897,6 +1986,11 @@ def _after_fork_in_child() -> None:
     pool._lock = threading.Lock()
     pool._idle = []
     pool._alive = set()
+    # only the forking thread lives on: a new thread may get a dead worker's ident
+    mine = _workers.get(_get_ident())
+    _workers.clear()
+    if mine is not None:
+        _workers[_get_ident()] = mine
     _holders_lock = threading.Lock()
     _limiters_lock = threading.Lock()
     _holders.clear()
