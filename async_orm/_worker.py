@@ -327,6 +327,8 @@ class _Call:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kw: dict[str, Any] | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[Any] | None = None,
     ) -> None:
         self.runner = runner
         self.kind = kind
@@ -336,16 +338,17 @@ class _Call:
         self.context = _copy_context()
         self.state = _QUEUED
         #: asyncio: the awaiting loop and its future
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.future: asyncio.Future[Any] | None = None
+        self.loop = loop
+        self.future = future
         #: Trio, a sync hand-off, or a fire-and-forget call: how the outcome is told
+        #: (the worker then sets ``ok`` and ``value`` before it wakes the signal)
         self.signal: Any = None
+        self.ok: bool
+        self.value: Any
         #: a cancelled awaiter waiting for the worker to come back
         self.watcher: _Signal | None = None
         #: False once the awaiter has given up: the worker cleans up the outcome
         self.received = True
-        self.ok = True
-        self.value: Any = None
         #: the CPU the worker runs this call on (thread placement), None: anywhere
         self.cpu: int | None = None
         #: the slots of the pool a checkout of this call is about to take from
@@ -470,14 +473,29 @@ class Worker:
                     value = RuntimeError(_NO_LOOP_ON_WORKER.format(name=self.name))
                     value.__cause__ = error
             self.call = None
-            interrupt_acquire()
             acquire()
             try:
-                call.state = _DONE
-                received = call.received
+                # no watcher: no interrupt was started for this call (_cancelled()
+                # sets one under this lock first), so none can be in flight
+                if call.watcher is None:
+                    call.state = _DONE
+                    received = call.received
+                    interrupted = False
+                else:
+                    interrupted = True
             finally:
                 release()
-                interrupt_release()
+            if interrupted:
+                # an interrupt being sent holds interrupt_lock: the call finishes
+                # after it, never with one on its way to the next call
+                interrupt_acquire()
+                acquire()
+                try:
+                    call.state = _DONE
+                    received = call.received
+                finally:
+                    release()
+                    interrupt_release()
             runner = call.runner
             if runner is not None and (runner._after or not received):
                 runner._finished(call, ok, value, received)
@@ -1151,11 +1169,10 @@ class Runner:
             return await self._run_trio(worker, action, kind, fn, args, kw)  # type: ignore[no-any-return]
         if self._pending and self._loop is not loop:
             raise self._cross_loop_error(loop)
-        call = _Call(self, kind, fn, args, kw)
-        fut = call.future = loop.create_future()
+        fut = loop.create_future()
+        call = _Call(self, kind, fn, args, kw, loop, fut)
         if _placement.enabled:
             call.cpu = _placement.cpu_for(loop)
-        call.loop = loop
         self._loop = loop
         self._pending += 1
         worker.put(call)
