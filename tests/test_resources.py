@@ -302,6 +302,9 @@ async def test_a_closed_session_is_freed_without_the_garbage_collector(tmp_path:
             async with session:
                 await session.execute(text("select 1"))
                 await session.commit()
+            # its worker may still hold its last call (a bound method of the session)
+            # until it loops: stop the idle workers and wait for their threads to end
+            _worker.pool.shrink()
             refs = [weakref.ref(session), weakref.ref(session.sync_session)]
             del session
             assert [ref() for ref in refs] == [None, None]
