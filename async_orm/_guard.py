@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -146,46 +148,69 @@ _FLUSH_ON_LOOP = (
 )
 
 
+def _guarded_execute(
+    ref: Callable[[], Session | None],
+    execute: Callable[..., Any],
+    statement: Any,
+    params: Any = None,
+    *args: Any,
+    **kw: Any,
+) -> Any:
+    if (
+        _get_running_loop() is not None or ("trio" in _modules and trio_running() is not None)
+    ) and loop_io_refused():
+        raise _execute_on_loop(statement, kw.get("execution_options"))
+    return execute(ref(), statement, params, *args, **kw)
+
+
+def _guarded_flush(
+    ref: Callable[[], Session | None], flush: Callable[..., None], objects: Any = None
+) -> None:
+    # Session.flush() calls _flush() only when there is something to send, so a
+    # clean session's autoflush (before every query) does not get here
+    if (
+        _get_running_loop() is not None or ("trio" in _modules and trio_running() is not None)
+    ) and loop_io_refused():
+        raise EventLoopIOError(_FLUSH_ON_LOOP)
+    flush(ref(), objects)
+
+
+def _guarded_commit(ref: Callable[[], Session | None], commit: Callable[..., None]) -> None:
+    # before the transaction changes state, so a refused commit leaves it usable
+    if (
+        _get_running_loop() is not None or ("trio" in _modules and trio_running() is not None)
+    ) and loop_io_refused():
+        raise commit_on_loop()
+    commit(ref())
+
+
 def guard_session(session: Session) -> None:
     """Refuse database I/O through ``session`` on an event-loop thread: ORM
     statements (execute, get, lazy loads, refreshes), flushes and commits.
 
-    The hooks shadow three methods on the instance (no subclass, no event
-    listener: a listener on ``do_orm_execute`` would make every execution build an
-    ORMExecuteState), so the check is one C call per statement on the worker."""
+    The hooks shadow three methods on the instance: ``_execute_internal``,
+    ``commit`` and ``_flush`` (the part of ``flush()`` that runs only when there is
+    something to send).  No subclass, and no event listener: one on
+    ``do_orm_execute`` would make every execution build an ORMExecuteState.  The
+    check is one C call per statement on the worker.  The hooks reach the session
+    through a weak reference: a strong one from its own ``__dict__`` would make
+    every session a reference cycle, left to the garbage collector instead of
+    being freed when its last reference goes."""
+    ref = weakref.ref(session)
+    namespace = session.__dict__
+    if _EXECUTE in namespace or _FLUSH in namespace or "commit" in namespace:
+        unbound = _sa_compat.unbound_method  # already shadowed on this instance
+        execute, flush, commit = (unbound(session, n) for n in (_EXECUTE, _FLUSH, "commit"))
+    else:
+        cls = type(session)
+        execute, flush, commit = getattr(cls, _EXECUTE), getattr(cls, _FLUSH), cls.commit
+    namespace[_EXECUTE] = partial(_guarded_execute, ref, execute)
+    namespace[_FLUSH] = partial(_guarded_flush, ref, flush)
+    namespace["commit"] = partial(_guarded_commit, ref, commit)
 
-    def guard_execute(execute: Callable[..., Any]) -> Callable[..., Any]:
-        def _execute_internal(statement: Any, params: Any = None, *args: Any, **kw: Any) -> Any:
-            if (
-                _get_running_loop() is not None
-                or ("trio" in _modules and trio_running() is not None)
-            ) and loop_io_refused():
-                raise _execute_on_loop(statement, kw.get("execution_options"))
-            return execute(statement, params, *args, **kw)
 
-        return _execute_internal
-
-    def guard_flush(flush: Callable[..., Any]) -> Callable[..., Any]:
-        def flush_guarded(objects: Any = None) -> None:
-            if loop_io_refused() and _sa_compat.session_has_changes(session):
-                raise EventLoopIOError(_FLUSH_ON_LOOP)
-            flush(objects)
-
-        return flush_guarded
-
-    def guard_commit(commit: Callable[[], None]) -> Callable[[], None]:
-        # before the transaction changes state, so a refused commit leaves it usable
-        def commit_guarded() -> None:
-            if loop_io_refused():
-                raise commit_on_loop()
-            commit()
-
-        return commit_guarded
-
-    _sa_compat.override_methods(
-        session,
-        {_sa_compat.SESSION_EXECUTE: guard_execute, "flush": guard_flush, "commit": guard_commit},
-    )
+_EXECUTE = _sa_compat.SESSION_EXECUTE
+_FLUSH = _sa_compat.SESSION_FLUSH
 
 
 def guard_dialect(dialect: Any) -> None:

@@ -14,6 +14,7 @@ import time instead of being wrapped in functions.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -97,16 +98,39 @@ def wrap_dialect_io(
 # sessions
 
 
+def unbound_method(target: Any, name: str) -> Callable[..., Any]:
+    """``target.<name>`` as a function taking ``target`` first, holding no reference to
+    it: the class's function, or (shadowed on the instance already) a caller of that."""
+    own = target.__dict__.get(name)
+    if own is None:
+        function: Callable[..., Any] = getattr(type(target), name)
+        return function
+
+    def call_own(_target: Any, *args: Any, **kw: Any) -> Any:
+        return own(*args, **kw)
+
+    return call_own
+
+
 def override_methods(
     target: Any, makers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]
 ) -> None:
-    """Shadow methods of one object by ``make(bound original)``: a Session's
-    ``_execute_internal``, ``flush``, ``commit``, ``get_bind``, an Engine's
-    ``dispose``.  SQLAlchemy calls them as ``self.<name>(...)``, so the instance
-    attribute wins, with no subclass."""
+    """Shadow methods of one object by ``make(original)``, ``original`` calling the
+    method as it was: a Session's ``get_bind``, an Engine's ``dispose``.  SQLAlchemy
+    calls them as ``self.<name>(...)``, so the instance attribute wins, with no
+    subclass.  ``original`` reaches ``target`` through a weak reference, so the
+    override (in ``target``'s own ``__dict__``) makes no reference cycle."""
+    ref = weakref.ref(target)
     namespace = target.__dict__
     for name, make in makers.items():
-        namespace[name] = make(getattr(target, name))
+        namespace[name] = make(_weakly_bound(ref, unbound_method(target, name)))
+
+
+def _weakly_bound(ref: Callable[[], Any], function: Callable[..., Any]) -> Callable[..., Any]:
+    def original(*args: Any, **kw: Any) -> Any:
+        return function(ref(), *args, **kw)
+
+    return original
 
 
 def session_has_changes(session: Session) -> bool:
@@ -116,6 +140,8 @@ def session_has_changes(session: Session) -> bool:
 
 #: the Session method every ORM statement (execute, get, lazy load, refresh) goes through
 SESSION_EXECUTE: Final = "_execute_internal"
+#: the Session method ``flush()`` calls when, and only when, there is something to flush
+SESSION_FLUSH: Final = "_flush"
 
 
 def set_async_session_provider(provider: Callable[[Session], Any]) -> None:
@@ -207,6 +233,7 @@ def missing_internals() -> list[str]:
                 missing.append(f"{cls.__name__}.{name}")
     for owner, name in (
         (Session, SESSION_EXECUTE),
+        (Session, SESSION_FLUSH),
         (Session, "_is_clean"),
         (Engine, "raw_connection"),
         (Connection, "_trans_context_manager"),

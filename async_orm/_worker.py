@@ -70,6 +70,7 @@ _log = logging.getLogger("async_orm")
 _get_ident = threading.get_ident
 _get_running_loop = _sa_compat.get_running_loop
 _copy_context = contextvars.copy_context
+_modules = sys.modules
 _CancelledError = asyncio.CancelledError
 
 #: seconds a cancelled task waits for its call to come back before leaving it fenced
@@ -206,8 +207,12 @@ class _Signal:
     def wake(self) -> bool:
         """From any thread; False when the waiting loop is gone."""
         try:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._set_asyncio)
+            loop = self._loop
+            if loop is not None:
+                if loop is _get_running_loop():
+                    self._set_asyncio()  # on the loop's own thread: no wake-up needed
+                else:
+                    loop.call_soon_threadsafe(self._set_asyncio)
             else:
                 self._token.run_sync_soon(self._event.set)
         except RuntimeError:  # asyncio: loop closed; trio: RunFinishedError
@@ -298,6 +303,7 @@ class _Call:
 
     __slots__ = (
         "args",
+        "checkout_limiter",
         "context",
         "cpu",
         "fn",
@@ -321,6 +327,8 @@ class _Call:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kw: dict[str, Any] | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[Any] | None = None,
     ) -> None:
         self.runner = runner
         self.kind = kind
@@ -330,25 +338,28 @@ class _Call:
         self.context = _copy_context()
         self.state = _QUEUED
         #: asyncio: the awaiting loop and its future
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.future: asyncio.Future[Any] | None = None
+        self.loop = loop
+        self.future = future
         #: Trio, a sync hand-off, or a fire-and-forget call: how the outcome is told
+        #: (the worker then sets ``ok`` and ``value`` before it wakes the signal)
         self.signal: Any = None
+        self.ok: bool
+        self.value: Any
         #: a cancelled awaiter waiting for the worker to come back
         self.watcher: _Signal | None = None
         #: False once the awaiter has given up: the worker cleans up the outcome
         self.received = True
-        self.ok = True
-        self.value: Any = None
         #: the CPU the worker runs this call on (thread placement), None: anywhere
         self.cpu: int | None = None
+        #: the slots of the pool a checkout of this call is about to take from
+        self.checkout_limiter: Limiter | None = None
 
 
 _STOP: Final = object()
 _thread_counter = itertools.count(1)
 
-#: per thread: the call a worker thread is running (absent on other threads)
-_current = threading.local()
+#: thread ident -> the Worker running on that thread (its ``call``: the one it runs)
+_workers: dict[int, Worker] = {}
 
 #: set, in the call's own context, while a run_sync function of a runner runs
 _inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
@@ -359,14 +370,30 @@ _inside_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
 def calling_loop() -> asyncio.AbstractEventLoop | None:
     """The asyncio loop whose task awaits the call running on this thread, when this
     thread is an async_orm worker running an awaited call; otherwise None."""
-    call: _Call | None = getattr(_current, "call", None)
+    call = _current_call()
     return call.loop if call is not None else None
+
+
+def _current_call() -> _Call | None:
+    """The call this thread runs, when it is an async_orm worker running one."""
+    worker = _workers.get(_get_ident())
+    return worker.call if worker is not None else None
 
 
 class Worker:
     """One daemon thread running calls in FIFO order."""
 
-    __slots__ = ("_queue", "cpu", "ident", "interrupt_lock", "lock", "name", "pool", "thread")
+    __slots__ = (
+        "_queue",
+        "call",
+        "cpu",
+        "ident",
+        "interrupt_lock",
+        "lock",
+        "name",
+        "pool",
+        "thread",
+    )
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
@@ -377,6 +404,8 @@ class Worker:
         self._queue: SimpleQueue[_Call | object] = SimpleQueue()
         #: the CPU this thread is placed on (see configure()), None: the process's set
         self.cpu: int | None = None
+        #: the call this thread is running, None between calls
+        self.call: _Call | None = None
         self.name = f"async_orm-worker-{next(_thread_counter)}"
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
@@ -389,11 +418,20 @@ class Worker:
         self._queue.put(_STOP)
 
     def _main(self) -> None:
+        ident = _get_ident()
+        _workers[ident] = self
+        try:
+            self._serve()
+        finally:
+            _workers.pop(ident, None)
+
+    def _serve(self) -> None:
         get = self._queue.get
-        lock = self.lock
-        interrupt_lock = self.interrupt_lock
+        # the locks are taken with acquire()/release(): half the cost of 'with'
+        acquire, release = self.lock.acquire, self.lock.release
+        interrupt_acquire = self.interrupt_lock.acquire
+        interrupt_release = self.interrupt_lock.release
         pool = self.pool
-        current = _current
         while True:
             try:
                 call = get(timeout=pool.idle_timeout)
@@ -404,11 +442,14 @@ class Worker:
             if call is _STOP:
                 return
             assert isinstance(call, _Call)
-            with lock:
+            acquire()
+            try:
                 if call.state == _DROPPED:
                     continue
                 call.state = _RUNNING
-            current.call = call
+            finally:
+                release()
+            self.call = call
             cpu = call.cpu
             if cpu != self.cpu and (cpu is not None or not _placement.enabled):
                 _placement.place_worker(self, cpu)
@@ -431,10 +472,30 @@ class Worker:
                 elif type(error) is RuntimeError and error.args == ("no running event loop",):
                     value = RuntimeError(_NO_LOOP_ON_WORKER.format(name=self.name))
                     value.__cause__ = error
-            current.call = None
-            with interrupt_lock, lock:
-                call.state = _DONE
-                received = call.received
+            self.call = None
+            acquire()
+            try:
+                # no watcher: no interrupt was started for this call (_cancelled()
+                # sets one under this lock first), so none can be in flight
+                if call.watcher is None:
+                    call.state = _DONE
+                    received = call.received
+                    interrupted = False
+                else:
+                    interrupted = True
+            finally:
+                release()
+            if interrupted:
+                # an interrupt being sent holds interrupt_lock: the call finishes
+                # after it, never with one on its way to the next call
+                interrupt_acquire()
+                acquire()
+                try:
+                    call.state = _DONE
+                    received = call.received
+                finally:
+                    release()
+                    interrupt_release()
             runner = call.runner
             if runner is not None and (runner._after or not received):
                 runner._finished(call, ok, value, received)
@@ -497,20 +558,28 @@ class WorkerPool:
         self._alive: set[Worker] = set()
 
     def checkout(self) -> Worker:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             if self._idle:
                 return self._idle.pop()
+        finally:
+            lock.release()
         worker = Worker(self)
         with self._lock:
             self._alive.add(worker)
         return worker
 
     def checkin(self, worker: Worker) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if len(self._idle) < self.max_idle:
                 self._idle.append(worker)
                 return
             self._alive.discard(worker)
+        finally:
+            lock.release()
         worker.stop()
 
     def _retire(self, worker: Worker) -> bool:
@@ -632,19 +701,27 @@ class Limiter:
         return self.capacity - self._free
 
     def try_acquire(self) -> bool:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             if self._free > 0 and not self._queue:
                 self._free -= 1
                 return True
+        finally:
+            lock.release()
         return False
 
     def enqueue(self, request: _Request) -> bool:
         """Take a slot at once (True) or queue ``request`` for one (False)."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on the path of every session that waits)
+        try:
             if self._free > 0 and not self._queue:
                 self._free -= 1
                 return True
             self._queue.append(request)
+        finally:
+            lock.release()
         return False
 
     def withdraw(self, request: _Request) -> bool:
@@ -670,13 +747,17 @@ class Limiter:
         raise self.timeout_error()
 
     def release(self, count: int = 1) -> None:
+        lock = self._lock
         for _ in range(count):
             while True:
-                with self._lock:
+                lock.acquire()  # (not 'with': this is on every session's path)
+                try:
                     if not self._queue:
                         self._free += 1
                         break
                     request = self._queue.popleft()
+                finally:
+                    lock.release()
                 if request.grant():
                     break
 
@@ -690,8 +771,15 @@ class Limiter:
         )
 
 
-_limiters: weakref.WeakKeyDictionary[Pool, Limiter] = weakref.WeakKeyDictionary()
+#: a pool's Limiter is kept in the pool's own ``__dict__`` under this name (one
+#: dict lookup, no weak-key registry to hash a new weak reference on every look-up)
+_LIMITER: Final = "_async_orm_limiter"
 _limiters_lock = threading.Lock()
+
+
+def _limiter_of(pool_: Pool) -> Limiter | None:
+    limiter: Limiter | None = pool_.__dict__.get(_LIMITER)
+    return limiter
 
 
 def _coerce_timeout(value: Any, name: str) -> float | None:
@@ -731,7 +819,7 @@ def limiter_for(
     engine's ``execution_options()`` copies).  The wait defaults to the pool's own
     ``pool_timeout`` (``None`` waits as long as it takes)."""
     if max_workers is None and worker_timeout is _UNSET:
-        found = _limiters.get(sync_engine.pool)  # the common case: no lock
+        found = _limiter_of(sync_engine.pool)  # the common case: no lock
         if found is not None:
             return found
     capacity = None if max_workers is None else _coerce_capacity(max_workers)
@@ -739,7 +827,7 @@ def limiter_for(
     timeout = _coerce_timeout(worker_timeout, "worker_timeout") if timeout_given else None
     pool_ = sync_engine.pool
     with _limiters_lock:
-        limiter = _limiters.get(pool_)
+        limiter = _limiter_of(pool_)
         if limiter is None:
             if capacity is None:
                 capacity = _sa_compat.pool_capacity(pool_) or default_capacity()
@@ -750,7 +838,7 @@ def limiter_for(
                 f"engine {sync_engine.url.render_as_string(hide_password=True)!r} "
                 f"({type(pool_).__name__}, capacity {capacity})"
             )
-            limiter = _limiters[pool_] = Limiter(capacity, timeout, describe)
+            limiter = pool_.__dict__[_LIMITER] = Limiter(capacity, timeout, describe)
         else:
             if capacity is not None and capacity != limiter.capacity:
                 raise sa_exc.ArgumentError(
@@ -801,18 +889,21 @@ def instrument(sync_engine: Engine) -> None:
 
 def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``dispose()`` makes a new pool: it keeps the old one's slots and its door."""
+    ref = weakref.ref(sync_engine)  # the override lives in the engine: no cycle
 
     def make(dispose: Callable[..., Any]) -> Callable[..., Any]:
         def dispose_and_keep_the_door(*args: Any, **kw: Any) -> Any:
-            old = sync_engine.pool
+            engine = ref()
+            assert engine is not None  # it is being called
+            old = engine.pool
             try:
                 return dispose(*args, **kw)
             finally:
-                new = sync_engine.pool
+                new = engine.pool
                 with _limiters_lock:
-                    limiter = _limiters.get(old)
-                    if limiter is not None and new not in _limiters:
-                        _limiters[new] = limiter
+                    limiter = _limiter_of(old)
+                    if limiter is not None and _limiter_of(new) is None:
+                        new.__dict__[_LIMITER] = limiter
                 _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
 
         return dispose_and_keep_the_door
@@ -822,28 +913,43 @@ def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[.
 
 def _before_checkout(pool_: Pool) -> None:
     """Before every checkout of an instrumented pool, on the thread checking out."""
-    if _guard.loop_io_refused():
+    if (
+        _get_running_loop() is not None
+        or ("trio" in _modules and _guard.trio_running() is not None)
+    ) and _guard.loop_io_refused():
         raise _guard.checkout_on_loop()
-    call: _Call | None = getattr(_current, "call", None)
-    if call is None or call.runner is None:
-        return  # not an owner's call: the application's own thread, or maintenance
-    limiter = _current.checkout_limiter = _limiters.get(pool_)
-    if limiter is not None:
-        call.runner._slot_for(limiter)
+    call = _current_call()
+    if call is None:
+        return  # not an owner's call: the application's own thread
+    runner = call.runner
+    if runner is None:
+        return  # maintenance (a garbage-collected owner's close)
+    limiter = call.checkout_limiter = pool_.__dict__.get(_LIMITER)
+    if limiter is not None and not runner._slotless:
+        runner._slot_for(limiter)
 
 
 def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    call: _Call | None = getattr(_current, "call", None)
-    if call is None or call.runner is None or call.runner._slotless:
+    call = _current_call()
+    if call is None:
         return
     runner = call.runner
-    limiter: Limiter | None = getattr(_current, "checkout_limiter", None)
-    _current.checkout_limiter = None
-    with _holders_lock:
-        _holders[id(record)] = (weakref.ref(runner), limiter)
-        runner._connections[id(record)] = dbapi_connection
+    if runner is None or runner._slotless:
+        return
+    limiter = call.checkout_limiter
+    call.checkout_limiter = None
+    key = id(record)
+    holder = (weakref.ref(runner), limiter)
+    lock = _holders_lock
+    lock.acquire()  # (not 'with': this is on every session's path)
+    try:
+        _holders[key] = holder
+        runner._connections[key] = dbapi_connection
         if limiter is not None:
-            runner._in_use[limiter] = runner._in_use.get(limiter, 0) + 1
+            in_use = runner._in_use
+            in_use[limiter] = in_use.get(limiter, 0) + 1
+    finally:
+        lock.release()
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
@@ -854,7 +960,9 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
             _interrupted.discard(key)
         if interrupted:
             record.invalidate()  # a fresh connection for the next owner, on its checkout
-    with _holders_lock:
+    lock = _holders_lock
+    lock.acquire()  # (not 'with': this is on every session's path)
+    try:
         holder = _holders.pop(key, None)
         if holder is None:
             return
@@ -862,9 +970,11 @@ def _on_checkin(dbapi_connection: Any, record: Any) -> None:
         runner = ref()
         if runner is None:
             return
-        runner._connections.pop(id(record), None)
+        runner._connections.pop(key, None)
         if limiter is not None and runner._in_use.get(limiter):
             runner._in_use[limiter] -= 1
+    finally:
+        lock.release()
 
 
 def watch_binds(session: Session) -> None:
@@ -1030,10 +1140,21 @@ class Runner:
         self, kind: Kind, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]
     ) -> _T:
         action = _QUEUE
-        if self.state is not _ACTIVE or kind.ends:
-            action = await self._admit(kind)
-            if action is not _QUEUE and action is not _QUEUE_BOUNDED:
-                return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
+        state = self.state
+        if state is not _ACTIVE or kind.ends:
+            if state is _IDLE and not kind.ends and self._activate_if_free():
+                pass  # an owner's first call, a slot free: the common case
+            else:
+                action = self._admission(kind)
+                if action is _ACQUIRE or action is _WAIT_END:
+                    action = await self._admit(kind)
+                if action is _IN_PLACE_END:  # a close with nothing in flight
+                    try:
+                        return fn(*args, **kw)
+                    finally:
+                        self._release()
+                if action is not _QUEUE and action is not _QUEUE_BOUNDED:
+                    return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
         worker = self.worker
         assert worker is not None
         if _inside_runner.get() is self:
@@ -1045,14 +1166,13 @@ class Runner:
             raise error
         loop = _get_running_loop()
         if loop is None:
-            return await self._run_trio(worker, kind, fn, args, kw)  # type: ignore[no-any-return]
+            return await self._run_trio(worker, action, kind, fn, args, kw)  # type: ignore[no-any-return]
         if self._pending and self._loop is not loop:
             raise self._cross_loop_error(loop)
-        call = _Call(self, kind, fn, args, kw)
-        fut = call.future = loop.create_future()
+        fut = loop.create_future()
+        call = _Call(self, kind, fn, args, kw, loop, fut)
         if _placement.enabled:
             call.cpu = _placement.cpu_for(loop)
-        call.loop = loop
         self._loop = loop
         self._pending += 1
         worker.put(call)
@@ -1061,7 +1181,7 @@ class Runner:
                 return await self._bounded(call, fut)  # type: ignore[no-any-return]
             return await fut  # type: ignore[no-any-return]
         except _CancelledError:
-            if fut.cancelled():
+            if fut.cancelled() or not fut.done():  # (not done: a bounded wait's shield)
                 await self._cancelled(call, worker)
             else:
                 self._unreceived(call, fut)
@@ -1072,6 +1192,7 @@ class Runner:
     async def _run_trio(
         self,
         worker: Worker,
+        action: int,
         kind: Kind,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
@@ -1088,7 +1209,12 @@ class Runner:
         self._pending += 1
         worker.put(call)
         try:
-            await signal.wait()
+            if action is _QUEUE_BOUNDED:
+                if not await signal.wait(GRACE) and self._leave_queued(call, worker):
+                    return None
+                await signal.wait()  # it is done: its outcome is on its way
+            else:
+                await signal.wait()
         except BaseException as error:
             if signal.is_cancel(error):
                 if not signal.woken:
@@ -1124,9 +1250,22 @@ class Runner:
     # -- admission: everything that is not the fast path -------------------------------
 
     async def _admit(self, kind: Kind) -> int:
-        """Bring the runner to a state where ``kind`` can run, and say how it runs:
-        queued on the worker and awaited, queued and not awaited (a recovery call
-        behind a fenced one), in place, or not at all."""
+        """Bring the runner to a state where ``kind`` can run (waiting for a slot or
+        for a close to finish), and say how it runs (see :meth:`_admission`)."""
+        while True:
+            action = self._admission(kind)
+            if action is _ACQUIRE:
+                await self._acquire()
+            elif action is _WAIT_END:
+                await self._wait_end()
+            else:
+                return action
+
+    def _admission(self, kind: Kind) -> int:
+        """How ``kind`` runs in the current state: queued on the worker and awaited,
+        queued and not awaited (a recovery call behind a fenced one), in place, or not
+        at all; or what must be waited for first (a slot, a close).  Takes a free
+        slot at once, so the common first call of an owner does not wait."""
         while True:
             state = self.state
             if state is _ACTIVE or state is _NEEDS_ROLLBACK:
@@ -1134,7 +1273,11 @@ class Runner:
                 if state is _NEEDS_ROLLBACK and kind.refused_after_cancel:
                     raise self._refusal()
                 if kind.ends:
-                    if kind.in_place_when_idle and self._idle_locally():
+                    if (
+                        kind.in_place_when_idle
+                        and not self._pending
+                        and self._posted == self._posted_done
+                    ):
                         return _IN_PLACE_END
                     self._begin_end()
                 return _QUEUE
@@ -1149,11 +1292,30 @@ class Runner:
                     return _SKIP
                 raise self._refusal()
             if state is _CLOSING:
-                await self._wait_end()
-                continue
+                return _WAIT_END
             if kind.ends and not kind.acquires:
                 return _IN_PLACE  # no worker was ever taken: nothing holds a connection
-            await self._acquire()
+            return _ACQUIRE
+
+    def _activate_if_free(self) -> bool:
+        """IDLE -> ACTIVE when a slot is free and nobody queues for one."""
+        home = self._home
+        if not self._slotless and (home._free <= 0 or home._queue):
+            # a peek without the lock: a slot freed meanwhile is found by enqueue()
+            return False
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
+            if self.state is _IDLE and (self._slotless or self._home.try_acquire()):
+                if not self._slotless:
+                    home = self._home
+                    self._slots[home] = self._slots.get(home, 0) + 1
+                self.worker = pool.checkout()
+                self.state = _ACTIVE
+                return True
+        finally:
+            lock.release()
+        return False
 
     def _idle_locally(self) -> bool:
         return not self._pending and self._posted == self._posted_done
@@ -1166,12 +1328,8 @@ class Runner:
             return None
         if action is _SKIP:
             return None
-        if action is _IN_PLACE:
-            return fn(*args, **kw)
-        try:  # _IN_PLACE_END
-            return fn(*args, **kw)
-        finally:
-            self._release()
+        assert action is _IN_PLACE
+        return fn(*args, **kw)
 
     async def _acquire(self) -> None:
         """IDLE or ACQUIRING -> ACTIVE: a slot (awaited on the loop), then a worker.
@@ -1179,9 +1337,10 @@ class Runner:
         gives up leaves it to the others."""
         with self._lock:
             if self.state is _IDLE:
-                if self._slotless or self._home.try_acquire():
-                    self._activate_locked()  # the common case: a free slot, no waiting
+                if self._slotless:
+                    self._activate_locked()
                     return
+                # (_run tried for a free slot already: enqueue() takes one that came)
                 signal = _Signal()
                 self.state = State.ACQUIRING
                 request = self._request = _Request(self._granted)
@@ -1207,18 +1366,26 @@ class Runner:
             if self.state not in _WITH_WORKER:
                 raise self._home.timeout_error()
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._woken -= 1
+        finally:
+            lock.release()
 
     def _granted(self) -> bool:
         """The home slot came (on the releasing thread): take a worker, wake everyone."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on the path of every session that waits)
+        try:
             if self.state is not State.ACQUIRING or not self._start_signals:
                 return False
             self._activate_locked()
             signals, self._start_signals = self._start_signals, []
             self._woken = len(signals)
             self._request = None
+        finally:
+            lock.release()
         for signal in signals:
             signal.wake()
         return True
@@ -1300,7 +1467,9 @@ class Runner:
 
     def _release(self) -> None:
         """Give the worker back to the pool and the slots back to their engines."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not 'with': this is on every session's path)
+        try:
             worker = self.worker
             self.worker = None
             slots, self._slots = self._slots, {}
@@ -1309,7 +1478,11 @@ class Runner:
             self._after = False
             self._loop = None
             self.state = _IDLE if self._reusable else _CLOSED
-            signals, self._end_signals = self._end_signals, []
+            signals = self._end_signals
+            if signals:
+                self._end_signals = []
+        finally:
+            lock.release()
         if worker is not None:
             pool.checkin(worker)
         for limiter, count in slots.items():
@@ -1359,11 +1532,19 @@ class Runner:
             return await asyncio.wait_for(asyncio.shield(fut), GRACE)
         except (asyncio.TimeoutError, TimeoutError):
             assert self.worker is not None
-            with self.worker.lock:
-                if call.state != _DONE:
-                    call.received = False
-                    return None
+            if self._leave_queued(call, self.worker):
+                return None
             return await fut
+
+    @staticmethod
+    def _leave_queued(call: _Call, worker: Worker) -> bool:
+        """A bounded wait ran out: leave ``call`` queued for the worker to clean up
+        (True), unless it is already done (its outcome is on its way)."""
+        with worker.lock:
+            if call.state != _DONE:
+                call.received = False
+                return True
+        return False
 
     def _unreceived(self, call: _Call, fut: asyncio.Future[Any]) -> None:
         """The task was cancelled just as its outcome arrived: clean the outcome up."""
@@ -1397,11 +1578,10 @@ class Runner:
     def _slot_for(self, limiter: Limiter) -> None:
         """Before a checkout from ``limiter``'s pool by one of this owner's calls:
         make sure the owner holds a slot for it (waiting on this worker thread)."""
-        if self._slotless:
+        # no lock: only this thread adds to either count; a checkin elsewhere can
+        # only lower _in_use, which is as if it had come just after this look
+        if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
             return
-        with _holders_lock:
-            if self._in_use.get(limiter, 0) < self._slots.get(limiter, 0):
-                return
         request = self._slot_request = _Request()
         try:
             limiter.acquire_blocking(request)
@@ -1518,6 +1698,8 @@ _POST: Final = 2  # queued, not awaited
 _IN_PLACE: Final = 3  # run on the calling thread (no worker was ever taken)
 _IN_PLACE_END: Final = 4  # an end in place, then the worker and slots go back
 _SKIP: Final = 5  # nothing to do
+_ACQUIRE: Final = 6  # not yet: wait for a slot first
+_WAIT_END: Final = 7  # not yet: wait for the close in progress first
 
 
 def _check_instances(instances: Any) -> None:
@@ -1549,6 +1731,12 @@ def detached(owner_name: str = "AsyncEngine") -> Runner:
 
 def new_runner(engines: list[Engine], owner_name: str, *, reusable: bool = True) -> Runner:
     """A runner for an owner bound to ``engines`` (the distinct engines of its binds)."""
+    if len(engines) == 1:  # the common case, in one step
+        engine = engines[0]
+        if not engine.__dict__.get(_INSTRUMENTED):
+            instrument(engine)
+        home = engine.pool.__dict__.get(_LIMITER) or limiter_for(engine)
+        return Runner(home, owner_name, reusable=reusable)
     for engine in engines:
         instrument(engine)
     if not engines:
@@ -1815,6 +2003,11 @@ def _after_fork_in_child() -> None:
     pool._lock = threading.Lock()
     pool._idle = []
     pool._alive = set()
+    # only the forking thread lives on: a new thread may get a dead worker's ident
+    mine = _workers.get(_get_ident())
+    _workers.clear()
+    if mine is not None:
+        _workers[_get_ident()] = mine
     _holders_lock = threading.Lock()
     _limiters_lock = threading.Lock()
     _holders.clear()

@@ -275,3 +275,40 @@ async def test_engines_reached_through_get_bind_are_instrumented(tmp_path: Any) 
     finally:
         await session.close()
         other.dispose()
+
+
+async def test_a_closed_session_is_freed_without_the_garbage_collector(tmp_path: Any) -> None:
+    # the guard's and the bind watcher's overrides live in the sync session's __dict__;
+    # they must not refer back to it, or every session would be a reference cycle
+    import weakref
+
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    engine = async_orm.create_async_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+
+    class RoutingSession(Session):
+        def get_bind(self, mapper: Any = None, clause: Any = None, **kw: Any) -> Any:
+            return other
+
+    async with engine.begin() as conn:
+        await conn.run_sync(User.metadata.create_all)
+    gc.collect()
+    gc.disable()
+    try:
+        for kw in ({"bind": engine}, {"sync_session_class": RoutingSession}):
+            session = async_orm.AsyncSession(**kw)
+            async with session:
+                await session.execute(text("select 1"))
+                await session.commit()
+            # its worker may still hold its last call (a bound method of the session)
+            # until it loops: stop the idle workers and wait for their threads to end
+            _worker.pool.shrink()
+            refs = [weakref.ref(session), weakref.ref(session.sync_session)]
+            del session
+            assert [ref() for ref in refs] == [None, None]
+    finally:
+        gc.enable()
+        other.dispose()
+        await engine.dispose()

@@ -93,14 +93,27 @@ def test_session_methods_shadowed_per_instance_are_used_by_sqlalchemy(tmp_path: 
 
     _sa_compat.override_methods(
         session,
-        {name: spy(name) for name in (_sa_compat.SESSION_EXECUTE, "get_bind", "flush", "commit")},
+        {
+            name: spy(name)
+            for name in (
+                _sa_compat.SESSION_EXECUTE,
+                "get_bind",
+                "flush",
+                _sa_compat.SESSION_FLUSH,
+                "commit",
+            )
+        },
     )
     Thing.metadata.create_all(engine)
     session.execute(sa.text("select 1"))
     session.add(Thing(id=1))
     session.commit()  # flushes the pending Thing through self.flush()
     assert calls[0] == _sa_compat.SESSION_EXECUTE  # every ORM statement goes through it
-    assert {"get_bind", "flush", "commit"} <= set(calls)
+    assert {"get_bind", "flush", _sa_compat.SESSION_FLUSH, "commit"} <= set(calls)
+    # flush() goes on to _flush() only when there is something to send
+    flushes = calls.count(_sa_compat.SESSION_FLUSH)
+    session.flush()
+    assert calls.count(_sa_compat.SESSION_FLUSH) == flushes
     assert _sa_compat.session_has_changes(session) is False
     session.close()
     engine.dispose()

@@ -286,3 +286,73 @@ def test_a_trio_application_of_200_tasks_on_a_pool_of_10(db_url: Url, backend: s
                 assert await _slow_statements_at_the_server(session) == 0
 
     run_trio(db_url, body, pool_size=10, max_overflow=0, pool_timeout=60)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_a_rollback_queued_behind_a_stuck_call_is_awaited_for_at_most_grace(
+    db_url: Url, anyio_backend: str
+) -> None:
+    """A call cancelled while its worker is stuck (here: user code the driver cannot
+    interrupt) leaves the session fenced.  A rollback then queues behind the stuck
+    call: it is awaited for at most GRACE and left queued, on both loop libraries; a
+    task cancelled while awaiting it gets its cancellation; once the stuck call comes
+    back, the queued rollback runs and the session works again."""
+    url, kw = db_url
+    entered = threading.Event()
+    release = threading.Event()
+    rolled_back = threading.Event()
+
+    def stuck(sync_session: Any) -> None:
+        sync_session.execute(text("select 1"))
+        entered.set()
+        release.wait(30)  # a wait no driver interrupt reaches
+
+    async def main() -> None:
+        engine = async_orm.create_async_engine(url, **kw)
+        session = async_orm.AsyncSession(engine)
+        event.listen(session.sync_session, "after_rollback", lambda s: rolled_back.set())
+        try:
+            assert await session.scalar(text("select 1")) == 1
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def run_stuck() -> None:
+                    with scope:
+                        await session.run_sync(stuck)
+
+                tg.start_soon(run_stuck)
+                assert await anyio.to_thread.run_sync(entered.wait, 10)
+                scope.cancel()
+            # the cancelled task has left (within GRACE); the worker is still stuck
+            assert session._runner.state is _worker.State.FENCED
+            with anyio.fail_after(_worker.GRACE + 5):
+                await session.rollback()  # awaited for at most GRACE, left queued
+            assert session._runner.state is _worker.State.FENCED
+            assert not rolled_back.is_set()
+
+            # cancelled while awaiting such a rollback: the cancellation, nothing else
+            outcome: list[str] = []
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def run_rollback() -> None:
+                    with scope:
+                        await session.rollback()
+                        outcome.append("returned")
+                    outcome.append("cancelled" if scope.cancel_called else "?")
+
+                tg.start_soon(run_rollback)
+                await anyio.wait_all_tasks_blocked()  # it waits for the stuck worker
+                scope.cancel()
+            assert outcome == ["cancelled"]
+        finally:
+            release.set()
+        # the stuck call comes back, then the queued rollbacks run, in order
+        assert await anyio.to_thread.run_sync(rolled_back.wait, 10)
+        await session.close()  # queued behind them: they are done when it returns
+        assert await session.scalar(text("select 2")) == 2
+        await session.close()
+        assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        await engine.dispose()
+
+    anyio.run(main, backend=anyio_backend)
