@@ -196,12 +196,16 @@ class AsyncSession(ReversibleProxy):
         self._assign_proxied(sync)  # one async front per sync session
 
         if runner is None:
-            engines = {
-                id(b.engine): b.engine
-                for b in (sync_bind, *(sync_binds or {}).values())
-                if b is not None
-            }
-            runner = _worker.new_runner(list(engines.values()), "AsyncSession")
+            if not sync_binds:  # the common case: one engine, or none
+                engine_list = [sync_bind.engine] if sync_bind is not None else []
+            else:
+                engines = {
+                    id(b.engine): b.engine
+                    for b in (sync_bind, *sync_binds.values())
+                    if b is not None
+                }
+                engine_list = list(engines.values())
+            runner = _worker.new_runner(engine_list, "AsyncSession")
             runner.finalizer = sync.close
             self._owns_runner = True
         else:
