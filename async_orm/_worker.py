@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import enum
 import itertools
@@ -1792,10 +1793,17 @@ def create_task_in_loop(
     task); on an event loop thread it is ``loop.create_task(coro)`` and returns the
     :class:`asyncio.Task`.  Both have ``add_done_callback()``, ``cancel()`` and
     ``result()``.  Never blocks: the task starts once the loop gets to it.
+
+    Under Trio (a call awaited from a Trio task) ``coro`` runs as a Trio system task
+    of that run, and the :class:`concurrent.futures.Future` is returned; cancelling
+    it cancels the task.
     """
     loop = calling_loop()
     if loop is not None:
         return _loop_context().run(asyncio.run_coroutine_threadsafe, coro, loop)
+    token = _calling_trio_token()
+    if token is not None:
+        return _trio_task(token, coro, _loop_context())
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -1806,22 +1814,75 @@ def create_task_in_loop(
 
 def call_soon_in_loop(
     callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
-) -> asyncio.Handle:
+) -> asyncio.Handle | None:
     """Call ``callback(*args)`` soon on the event loop that awaits the current call.
 
     The thread-safe replacement for ``asyncio.get_running_loop().call_soon(...)``
     in session and engine listeners: on an async_orm worker thread it is
     ``loop.call_soon_threadsafe(callback, *args)`` for the loop of the task that
-    fired the event; on an event loop thread it is ``loop.call_soon(callback, *args)``.
+    fired the event; on an event loop thread it is ``loop.call_soon(callback, *args)``;
+    both return the :class:`asyncio.Handle`.  Under Trio it is the run's
+    ``TrioToken.run_sync_soon`` (from a worker), and returns None.
     """
     loop = calling_loop()
     if loop is not None:
         return loop.call_soon_threadsafe(callback, *args, context=_loop_context())
+    token = _calling_trio_token()
+    if token is not None:
+        token.run_sync_soon(_loop_context().run, callback, *args)
+        return None
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         raise _no_loop("call_soon_in_loop") from None
     return running.call_soon(callback, *args)
+
+
+def _calling_trio_token() -> Any:
+    """The TrioToken of the Trio run whose task awaits the call running on this
+    thread (an async_orm worker), or None."""
+    call = _current_call()
+    signal = call.signal if call is not None and call.loop is None else None
+    return signal._token if signal is not None else None
+
+
+def _trio_task(
+    token: Any, coro: Coroutine[Any, Any, _T], context: contextvars.Context
+) -> concurrent.futures.Future[_T]:
+    """``coro`` as a system task of the Trio run of ``token``; its outcome in a
+    Future, whose cancel() cancels the task."""
+    import trio
+
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        if future.cancelled():
+            coro.close()  # cancelled before it started
+            return
+        try:
+            with scope:
+                value = await coro
+        except BaseException as error:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+                future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if scope.cancelled_caught:
+                future.cancel()
+            else:
+                future.set_result(value)
+
+    def cancel_task(done: concurrent.futures.Future[_T]) -> None:
+        if done.cancelled():  # by the caller (or the task's own cancellation)
+            with contextlib.suppress(RuntimeError):  # the run is over
+                token.run_sync_soon(scope.cancel)
+
+    future.add_done_callback(cancel_task)
+    token.run_sync_soon(lambda: trio.lowlevel.spawn_system_task(run, context=context))
+    return future
 
 
 def run_in_calling_loop(coro: Coroutine[Any, Any, _T]) -> _T:
