@@ -347,8 +347,7 @@ def await_only(awaitable: Awaitable[_T]) -> _T:
     :class:`~async_orm.exc.ReentrantCallError`.  Anywhere else it raises
     ``MissingGreenlet``, as SQLAlchemy's does outside ``greenlet_spawn``.
     """
-    loop = _worker.calling_loop()
-    if loop is not None:
+    if _worker.can_hand_back():
         return _worker.run_in_calling_loop(_as_coroutine(awaitable))
     original = _originals.get("await_only") or _originals.get("await_")
     if original is not None and _in_real_greenlet():
@@ -367,7 +366,7 @@ def await_fallback(awaitable: Awaitable[_T]) -> _T:
     """async_orm's stand-in for SQLAlchemy 2.0's ``await_fallback``: as
     :func:`await_only`, and on a thread with no running event loop it runs the
     awaitable in a new one."""
-    if _worker.calling_loop() is None and not _in_real_greenlet():
+    if not _worker.can_hand_back() and not _in_real_greenlet():
         try:
             asyncio.get_running_loop()
         except RuntimeError:

@@ -1886,14 +1886,27 @@ def _trio_task(
 
 
 def run_in_calling_loop(coro: Coroutine[Any, Any, _T]) -> _T:
-    """On a worker thread running an awaited call: run ``coro`` on the loop that
-    awaits the call and wait for its result (asgiref's ``async_to_sync`` hand-back).
-    RuntimeError when this thread runs no such call."""
+    """On a worker thread running an awaited call: run ``coro`` on the event loop
+    (asyncio or Trio) that awaits the call and wait for its result (asgiref's
+    ``async_to_sync`` hand-back).  RuntimeError when this thread runs no such call."""
     loop = calling_loop()
-    if loop is None:
+    if loop is not None:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    token = _calling_trio_token()
+    if token is None:
         coro.close()
         raise RuntimeError("no awaited call runs on this thread to hand the coroutine to")
-    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    import trio
+
+    async def run() -> _T:
+        return await coro
+
+    return trio.from_thread.run(run, trio_token=token)
+
+
+def can_hand_back() -> bool:
+    """True on a worker thread running a call awaited from asyncio or Trio."""
+    return calling_loop() is not None or _calling_trio_token() is not None
 
 
 def reentrant_lock() -> Any:

@@ -10,6 +10,8 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import pytest
 import sniffio
 from sqlalchemy import event, insert
 
@@ -87,5 +89,29 @@ def test_cancelling_the_future_of_a_scheduled_task_cancels_it(run: LoopRun) -> N
         with anyio.fail_after(5):
             await ended.wait()
         assert future.cancelled() and not forever.is_set()
+
+    run(body)
+
+
+def test_await_only_hands_a_coroutine_back_to_the_loop_of_the_awaiting_task(
+    run: LoopRun,
+) -> None:
+    from async_orm import _standin
+
+    async def body(engine: async_orm.AsyncEngine) -> None:
+        loop_thread = threading.get_ident()
+
+        async def on_the_loop() -> tuple[str, int]:
+            await anyio.lowlevel.checkpoint()
+            return sniffio.current_async_library(), threading.get_ident()
+
+        async with async_orm.AsyncSession(engine) as session:
+            got = await session.run_sync(lambda _: _standin.await_only(on_the_loop()))
+            assert got == (run.library, loop_thread)
+            # a coroutine that needs the worker it is blocking is refused, not a deadlock
+            with pytest.raises(async_orm.exc.ReentrantCallError):
+                await session.run_sync(
+                    lambda _: _standin.await_only(session.execute(insert(User).values(id=2)))
+                )
 
     run(body)
