@@ -1798,10 +1798,9 @@ def create_task_in_loop(
     of that run, and the :class:`concurrent.futures.Future` is returned; cancelling
     it cancels the task.
     """
-    loop = calling_loop()
+    loop, token = _awaiting()
     if loop is not None:
         return _loop_context().run(asyncio.run_coroutine_threadsafe, coro, loop)
-    token = _calling_trio_token()
     if token is not None:
         return _trio_task(token, coro, _loop_context())
     try:
@@ -1824,10 +1823,9 @@ def call_soon_in_loop(
     both return the :class:`asyncio.Handle`.  Under Trio it is the run's
     ``TrioToken.run_sync_soon`` (from a worker), and returns None.
     """
-    loop = calling_loop()
+    loop, token = _awaiting()
     if loop is not None:
         return loop.call_soon_threadsafe(callback, *args, context=_loop_context())
-    token = _calling_trio_token()
     if token is not None:
         token.run_sync_soon(_loop_context().run, callback, *args)
         return None
@@ -1838,12 +1836,14 @@ def call_soon_in_loop(
     return running.call_soon(callback, *args)
 
 
-def _calling_trio_token() -> Any:
-    """The TrioToken of the Trio run whose task awaits the call running on this
-    thread (an async_orm worker), or None."""
+def _awaiting() -> tuple[asyncio.AbstractEventLoop | None, Any]:
+    """(asyncio loop, TrioToken): the event loop whose task awaits the call running on
+    this thread (an async_orm worker), one of the two; (None, None) elsewhere."""
     call = _current_call()
-    signal = call.signal if call is not None and call.loop is None else None
-    return signal._token if signal is not None else None
+    if call is None or call.loop is not None:
+        return (call.loop if call is not None else None), None
+    signal = call.signal
+    return None, (signal._token if signal is not None else None)
 
 
 def _trio_task(
@@ -1889,10 +1889,9 @@ def run_in_calling_loop(coro: Coroutine[Any, Any, _T]) -> _T:
     """On a worker thread running an awaited call: run ``coro`` on the event loop
     (asyncio or Trio) that awaits the call and wait for its result (asgiref's
     ``async_to_sync`` hand-back).  RuntimeError when this thread runs no such call."""
-    loop = calling_loop()
+    loop, token = _awaiting()
     if loop is not None:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
-    token = _calling_trio_token()
     if token is None:
         coro.close()
         raise RuntimeError("no awaited call runs on this thread to hand the coroutine to")
@@ -1906,7 +1905,7 @@ def run_in_calling_loop(coro: Coroutine[Any, Any, _T]) -> _T:
 
 def can_hand_back() -> bool:
     """True on a worker thread running a call awaited from asyncio or Trio."""
-    return calling_loop() is not None or _calling_trio_token() is not None
+    return _awaiting() != (None, None)
 
 
 def reentrant_lock() -> Any:

@@ -11,7 +11,8 @@ garbage-collected.
 from __future__ import annotations
 
 import weakref
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 __all__ = ["ReversibleProxy"]
 
@@ -43,12 +44,9 @@ class ReversibleProxy:
     @classmethod
     def _retrieve_proxy_for_target(cls, target: Any, regenerate: bool = True) -> Any:
         """The async front of ``target``; with ``regenerate``, made if it has none."""
-        found = proxy_of(target)
-        if found is None and regenerate:
-            found = cls._regenerate_proxy_for_target(target)
-            if proxy_of(target) is None:
-                found._assign_proxied(target)
-        return found
+        if not regenerate:
+            return proxy_of(target)
+        return proxy_for(target, lambda: cls._regenerate_proxy_for_target(target))
 
 
 def _drop_target(target_ref: weakref.ref[Any]) -> None:
@@ -59,3 +57,17 @@ def proxy_of(target: Any) -> Any:
     """The async front registered for ``target``, or None."""
     proxy_ref = ReversibleProxy._proxy_objects.get(weakref.ref(target))
     return proxy_ref() if proxy_ref is not None else None
+
+
+_RP = TypeVar("_RP", bound=ReversibleProxy)
+
+
+def proxy_for(target: Any, make: Callable[[], _RP]) -> _RP:
+    """The async front of ``target``, made by ``make()`` the first time (and registered,
+    unless making it registered it)."""
+    found = proxy_of(target)
+    if found is None:
+        found = make()
+        if proxy_of(target) is None:
+            found._assign_proxied(target)
+    return found  # type: ignore[no-any-return]

@@ -28,7 +28,7 @@ from typing_extensions import ParamSpec, TypeVarTuple, Unpack
 
 from . import _guard, _sa_compat, _worker
 from ._worker import CONNECT, END, ROLLBACK, SAVEPOINT_ROLLBACK, STATEMENT, STREAM, USER
-from .base import ReversibleProxy, proxy_of
+from .base import ReversibleProxy, proxy_for, proxy_of
 from .exc import (
     AsyncContextAlreadyStarted,
     AsyncContextNotStarted,
@@ -352,24 +352,8 @@ def _create_pool_from_url(url: str | URL, **kwargs: Any) -> Pool:
     return _sa_create_pool_from_url(url, **kwargs)
 
 
-def _register_proxy(target: Any, proxy: ReversibleProxy) -> None:
-    proxy._assign_proxied(target)
-
-
-_RP = TypeVar("_RP", bound=ReversibleProxy)
-
-
-def _proxy_for(target: Any, make: Callable[[], _RP]) -> _RP:
-    """The async front of ``target``, made by ``make()`` the first time."""
-    found = proxy_of(target)
-    if found is None:
-        found = make()
-        found._assign_proxied(target)
-    return found  # type: ignore[no-any-return]
-
-
 def _async_engine(sync_engine: Engine) -> AsyncEngine:
-    return _proxy_for(sync_engine, lambda: AsyncEngine(sync_engine))
+    return proxy_for(sync_engine, lambda: AsyncEngine(sync_engine))
 
 
 async def _run_detached(fn: Callable[..., _T], *args: Any) -> _T:
@@ -479,7 +463,7 @@ class AsyncEngine(AsyncConnectable):
         self._limiter = _worker.limiter_for(sync_engine, max_workers, worker_timeout)
         _worker.instrument(sync_engine)
         if proxy_of(sync_engine) is None:
-            _register_proxy(sync_engine, self)
+            self._assign_proxied(sync_engine)
 
     # -- proxy comparisons ------------------------------------------------------
 
@@ -681,7 +665,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
         self._runner = _worker.new_runner([self.sync_engine], "AsyncConnection", reusable=False)
         self._owns_runner = True
         if sync_connection is not None:
-            _register_proxy(sync_connection, self)
+            self._assign_proxied(sync_connection)
 
     @classmethod
     def _for_session(
@@ -741,7 +725,7 @@ class AsyncConnection(StartableContext["AsyncConnection"], AsyncConnectable):
             await self._runner.run(END, _nothing)  # give the slot back now (shielded)
             raise
         self.sync_connection = conn
-        _register_proxy(conn, self)
+        self._assign_proxied(conn)
         self._runner.finalizer = conn.close  # closes it on its worker if never closed
         return self
 
@@ -1093,7 +1077,7 @@ class AsyncTransaction(StartableContext["AsyncTransaction"], ReversibleProxy):
     @classmethod
     def _wrap(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
         """The one AsyncTransaction of ``trans`` (made on first use)."""
-        return _proxy_for(trans, lambda: cls._of(connection, trans))
+        return proxy_for(trans, lambda: cls._of(connection, trans))
 
     @classmethod
     def _of(cls, connection: AsyncConnection, trans: Transaction) -> AsyncTransaction:
@@ -1163,7 +1147,7 @@ class AsyncTransaction(StartableContext["AsyncTransaction"], ReversibleProxy):
         begin = conn.begin_nested if self.nested else conn.begin
         trans = await self.connection._runner.run(STATEMENT, _begin, begin, is_ctxmanager)
         self.sync_transaction = trans
-        _register_proxy(trans, self)
+        self._assign_proxied(trans)
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:

@@ -40,7 +40,7 @@ from ._worker import (
     STREAM,
     USER,
 )
-from .base import ReversibleProxy, proxy_of
+from .base import ReversibleProxy, proxy_for, proxy_of
 from .engine import (
     AsyncConnection,
     AsyncEngine,
@@ -49,8 +49,6 @@ from .engine import (
     _begin,
     _buffer_result,
     _get_sync_engine_or_connection,
-    _proxy_for,
-    _register_proxy,
 )
 from .exc import AsyncBindNotFound, AsyncMethodRequired
 from .result import AsyncResult, AsyncScalarResult
@@ -175,8 +173,7 @@ class AsyncSession(ReversibleProxy):
             if isinstance(bind, AsyncConnection):
                 runner = bind._runner  # the connection's thread is the session's thread
         if binds is not None:
-            if any(isinstance(b, Engine) for b in binds.values()):
-                binds = _async_binds(binds)
+            binds = _async_binds(binds)
             self._binds = binds
             sync_binds = {key: _get_sync_engine_or_connection(b) for key, b in binds.items()}
         if sync_session_class is not None:
@@ -217,7 +214,7 @@ class AsyncSession(ReversibleProxy):
     def _async_connection(self, sync_conn: Connection) -> AsyncConnection:
         """The one AsyncConnection of one of this session's sync connections (the
         AsyncConnection the session was bound to, for that one)."""
-        return _proxy_for(
+        return proxy_for(
             sync_conn,
             lambda: AsyncConnection._for_session(
                 _async_engine(sync_conn.engine), sync_conn, self._runner
@@ -968,7 +965,7 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"], Rever
             wrapped.sync_transaction = trans
             return wrapped
 
-        return _proxy_for(trans, make)
+        return proxy_for(trans, make)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -1009,7 +1006,7 @@ class AsyncSessionTransaction(StartableContext["AsyncSessionTransaction"], Rever
         begin = sync.begin_nested if self.nested else sync.begin
         trans = await self.session._runner.run(STATEMENT, _begin, begin, is_ctxmanager)
         self.sync_transaction = trans
-        _register_proxy(trans, self)
+        self._assign_proxied(trans)
         return self
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
@@ -1122,7 +1119,10 @@ class async_sessionmaker(Generic[_AS]):
 
 
 def _async_binds(binds: dict[Any, Any]) -> dict[Any, Any]:
-    """``binds`` with each sync Engine replaced by its one AsyncEngine."""
+    """``binds`` with each sync Engine replaced by its one AsyncEngine (``binds``
+    itself when it has none)."""
+    if not any(isinstance(b, Engine) for b in binds.values()):
+        return binds
     return {key: _async_engine(b) if isinstance(b, Engine) else b for key, b in binds.items()}
 
 
@@ -1131,9 +1131,8 @@ def _wrap_sync_engines(kw: dict[str, Any]) -> dict[str, Any]:
     AsyncEngine, made once (and kept alive) by the factory."""
     if isinstance(kw.get("bind"), Engine):
         kw["bind"] = _async_engine(kw["bind"])
-    binds = kw.get("binds")
-    if binds and any(isinstance(b, Engine) for b in binds.values()):
-        kw["binds"] = _async_binds(binds)
+    if kw.get("binds"):
+        kw["binds"] = _async_binds(kw["binds"])
     return kw
 
 
