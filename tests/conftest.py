@@ -21,7 +21,7 @@ from sqlalchemy import event
 
 import async_orm
 from async_orm import _worker
-from tests.models import Base
+from tests.models import Address, Base, User
 
 PG_URL = os.environ.get(
     "ASYNC_ORM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -119,6 +119,19 @@ async def engine(db_url: tuple[str, dict[str, Any]]) -> AsyncIterator[async_orm.
     checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
     await eng.dispose()
     assert checked_out == 0, f"{checked_out} connection(s) still checked out at teardown"
+
+
+async def seed_users(engine: async_orm.AsyncEngine, rows: int, digits: int) -> None:
+    """Users 1..``rows`` named "u" + the id zero-padded to ``digits``; user 1 has two
+    addresses (a@x, b@x)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.insert(User), [{"id": i, "name": f"u{i:0{digits}d}"} for i in range(1, rows + 1)]
+        )
+        await conn.execute(
+            sa.insert(Address),
+            [{"id": 1, "email": "a@x", "user_id": 1}, {"id": 2, "email": "b@x", "user_id": 1}],
+        )
 
 
 async def dispose_checking_leaks(engines: list[async_orm.AsyncEngine]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, func, insert, select, text, true
+from sqlalchemy import bindparam, func, select, text, true
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import FrozenResult, Row, RowMapping
 from sqlalchemy.engine.cursor import FullyBufferedCursorFetchStrategy
@@ -23,6 +23,7 @@ import async_orm
 from async_orm import _worker
 from async_orm import exc as async_exc
 from async_orm.result import AsyncMappingResult, AsyncResult, AsyncScalarResult
+from tests.conftest import seed_users
 from tests.models import Address, User
 
 Maker = async_orm.async_sessionmaker[async_orm.AsyncSession]
@@ -33,14 +34,7 @@ ROWS = 250
 @pytest.fixture
 async def rows(engine: async_orm.AsyncEngine) -> int:
     """ROWS users u001..u250; user 1 has two addresses."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(User), [{"id": i, "name": f"u{i:03d}"} for i in range(1, ROWS + 1)]
-        )
-        await conn.execute(
-            insert(Address),
-            [{"id": 1, "email": "a@x", "user_id": 1}, {"id": 2, "email": "b@x", "user_id": 1}],
-        )
+    await seed_users(engine, ROWS, digits=3)
     return ROWS
 
 

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import FrozenResult, RowMapping
 from sqlalchemy.sql import Executable
 
 import async_orm
 from async_orm.result import AsyncMappingResult, AsyncResult, AsyncScalarResult
 from tests.anyloop.conftest import LoopRun
-from tests.models import Address, User
+from tests.conftest import seed_users
+from tests.models import User
 
 ROWS = 25
 ordered = select(User.id, User.name).order_by(User.id)
@@ -27,14 +28,7 @@ joined = select(User.name).join(User.addresses).order_by(User.name)
 
 
 async def _seed(engine: async_orm.AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(User), [{"id": i, "name": f"u{i:02d}"} for i in range(1, ROWS + 1)]
-        )
-        await conn.execute(
-            insert(Address),
-            [{"id": 1, "email": "a@x", "user_id": 1}, {"id": 2, "email": "b@x", "user_id": 1}],
-        )
+    await seed_users(engine, ROWS, digits=2)
 
 
 def test_result_views_scalars_unique_mappings_and_freeze(run: LoopRun) -> None:
