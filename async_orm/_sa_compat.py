@@ -62,21 +62,44 @@ def pool_timeout(pool: Pool) -> float | object | None:
     return _NOT_GIVEN
 
 
-def wrap_pool_connect(pool: Pool, before: Callable[[Pool], None], marker: str) -> None:
-    """Make ``pool.connect()`` call ``before(pool)`` first (once per pool instance).
+def wrap_pool_doors(
+    pool: Pool,
+    before: Callable[[Pool], Any],
+    checked_out: Callable[[Pool, Any, Any, Any], None],
+    returning: Callable[[Any], None],
+    marker: str,
+) -> None:
+    """Put async_orm's bookkeeping on ``pool``'s two doors (once per pool instance).
 
-    ``Engine.raw_connection()`` (and so every ``Connection``, reconnects included)
-    checks out through ``pool.connect()``: this is the one door before a checkout,
-    where no pool event exists."""
+    ``pool.connect()`` is the one door out: ``Engine.raw_connection()`` (and so every
+    ``Connection``, reconnects included) checks out through it.  It calls
+    ``before(pool)`` first (where no pool event exists); when that returns an owner
+    and the checkout is the connection's first (not a re-checkout of the same
+    ``_ConnectionFairy``), ``checked_out(pool, owner, record, dbapi_connection)``.
+    ``_do_return_conn()`` is the one door back, for a checkin and a ``detach()``
+    alike: it calls ``returning(record)`` first.
+
+    Not the pool's checkout/checkin events: a checkout listener sends every checkout
+    through SQLAlchemy's slower reconnect-on-checkout loop, and a listener costs an
+    event dispatch on each door."""
     if pool.__dict__.get(marker):
         return
     connect = pool.connect
+    do_return_conn = pool._do_return_conn
 
-    def guarded_connect() -> Any:
-        before(pool)
-        return connect()
+    def checkout() -> Any:
+        owner = before(pool)
+        fairy = connect()
+        if owner is not None and fairy._counter == 1:
+            checked_out(pool, owner, fairy._connection_record, fairy.dbapi_connection)
+        return fairy
 
-    pool.__dict__["connect"] = guarded_connect
+    def give_back(record: Any) -> None:
+        returning(record)
+        do_return_conn(record)
+
+    pool.__dict__["connect"] = checkout
+    pool.__dict__["_do_return_conn"] = give_back
     pool.__dict__[marker] = True
 
 

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from typing_extensions import TypeVarTuple, Unpack
 
@@ -304,7 +303,6 @@ class _Call:
 
     __slots__ = (
         "args",
-        "checkout_limiter",
         "context",
         "cpu",
         "fn",
@@ -352,8 +350,6 @@ class _Call:
         self.received = True
         #: the CPU the worker runs this call on (thread placement), None: anywhere
         self.cpu: int | None = None
-        #: the slots of the pool a checkout of this call is about to take from
-        self.checkout_limiter: Limiter | None = None
 
 
 _STOP: Final = object()
@@ -861,7 +857,7 @@ _several_binds_limiter = Limiter(
 # engines: checkouts go through the owner's slots and are known to its runner
 
 _INSTRUMENTED: Final = "_async_orm_instrumented"
-_CONNECT_WRAPPED: Final = "_async_orm_connect_wrapped"
+_DOORS: Final = "_async_orm_doors"
 #: id(pool record) -> (runner, limiter) while one of a runner's calls holds it; the
 #: runner weakly, so that a session dropped unclosed is still garbage-collected
 _holders: dict[int, tuple[weakref.ref[Runner], Limiter | None]] = {}
@@ -880,9 +876,7 @@ def instrument(sync_engine: Engine) -> None:
     sync_engine.__dict__[_INSTRUMENTED] = True
     _guard.guard_dialect(sync_engine.dialect)
     limiter_for(sync_engine)
-    _sa_compat.wrap_pool_connect(sync_engine.pool, _before_checkout, _CONNECT_WRAPPED)
-    event.listen(sync_engine, "checkout", _on_checkout)
-    event.listen(sync_engine, "checkin", _on_checkin)
+    _wrap_doors(sync_engine.pool)
     # not an engine_disposed listener: any engine-level listener switches every
     # execution of the engine to SQLAlchemy's slower with-events path
     _sa_compat.override_methods(sync_engine, {"dispose": _disposing(sync_engine)})
@@ -905,15 +899,21 @@ def _disposing(sync_engine: Engine) -> Callable[[Callable[..., Any]], Callable[.
                     limiter = _limiter_of(old)
                     if limiter is not None and _limiter_of(new) is None:
                         new.__dict__[_LIMITER] = limiter
-                _sa_compat.wrap_pool_connect(new, _before_checkout, _CONNECT_WRAPPED)
+                _wrap_doors(new)
 
         return dispose_and_keep_the_door
 
     return make
 
 
-def _before_checkout(pool_: Pool) -> None:
-    """Before every checkout of an instrumented pool, on the thread checking out."""
+def _wrap_doors(pool_: Pool) -> None:
+    _sa_compat.wrap_pool_doors(pool_, _before_checkout, _checked_out, _returning, _DOORS)
+
+
+def _before_checkout(pool_: Pool) -> Runner | None:
+    """Before every checkout of an instrumented pool, on the thread checking out:
+    the loop guard, then the owner's slot.  Returns the owner, whose checkout
+    :func:`_checked_out` records."""
     if (
         _get_running_loop() is not None
         or ("trio" in _modules and _guard.trio_running() is not None)
@@ -921,25 +921,19 @@ def _before_checkout(pool_: Pool) -> None:
         raise _guard.checkout_on_loop()
     call = _current_call()
     if call is None:
-        return  # not an owner's call: the application's own thread
-    runner = call.runner
-    if runner is None:
-        return  # maintenance (a garbage-collected owner's close)
-    limiter = call.checkout_limiter = pool_.__dict__.get(_LIMITER)
-    if limiter is not None and not runner._slotless:
-        runner._slot_for(limiter)
-
-
-def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    call = _current_call()
-    if call is None:
-        return
+        return None  # not an owner's call: the application's own thread
     runner = call.runner
     if runner is None or runner._slotless:
-        return
-    limiter = call.checkout_limiter
-    call.checkout_limiter = None
+        return None  # maintenance (a garbage-collected owner's close), or no slots
+    limiter = pool_.__dict__.get(_LIMITER)
+    if limiter is not None:
+        runner._slot_for(limiter)
+    return runner
+
+
+def _checked_out(pool_: Pool, runner: Runner, record: Any, dbapi_connection: Any) -> None:
     key = id(record)
+    limiter = pool_.__dict__.get(_LIMITER)
     holder = (weakref.ref(runner), limiter)
     lock = _holders_lock
     lock.acquire()  # (not 'with': this is on every session's path)
@@ -953,7 +947,8 @@ def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         lock.release()
 
 
-def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+def _returning(record: Any) -> None:
+    """A record goes back to its pool (checkin or detach), on the returning thread."""
     key = id(record)
     if _interrupted:
         with _holders_lock:

@@ -308,6 +308,24 @@ async def test_failed_slot_waits_leave_no_slot_held(
         await engine.dispose()
 
 
+async def test_a_detached_connection_no_longer_counts_against_its_owners_slot(
+    make: EngineFactory,
+) -> None:
+    # pool 1 + 0: after detach() the DBAPI connection is outside the pool, so the
+    # session's next checkout (after the commit closed the detached one) is within
+    # the slot it holds
+    engine = await make(pool_size=1, max_overflow=0, worker_timeout=1)
+    async with async_orm.AsyncSession(engine) as session:
+        await session.run_sync(lambda sync_session: sync_session.connection().detach())
+        await session.commit()
+        kind, value = await outcome(session.scalar(text("select 3")), guard=5)
+        assert (kind, value) == ("ok", 3), (
+            f"the owner's checkout after a detach waited for a second slot: {kind} {value!r}"
+        )
+    kind, value, _ = await timed_query(engine, guard=5)
+    assert (kind, value) == ("ok", 2), (kind, value)
+
+
 # --------------------------------------------------------------------------
 # shared sessions
 

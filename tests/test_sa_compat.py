@@ -48,16 +48,57 @@ def test_queuepool_capacity_and_timeout_are_read_from_the_pool() -> None:
     unbounded.dispose()
 
 
-def test_pool_connect_is_the_door_before_every_checkout(tmp_path: Any) -> None:
+def test_pool_doors_see_every_checkout_and_every_return(tmp_path: Any) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     seen: list[Any] = []
-    _sa_compat.wrap_pool_connect(engine.pool, seen.append, "_test_marker")
-    _sa_compat.wrap_pool_connect(engine.pool, seen.append, "_test_marker")  # idempotent
+
+    def before(pool: Any) -> Any:
+        seen.append(("before", pool))
+        return "owner"
+
+    def checked_out(pool: Any, owner: Any, record: Any, dbapi_connection: Any) -> None:
+        seen.append(("out", owner, record, dbapi_connection))
+
+    def returning(record: Any) -> None:
+        seen.append(("back", record))
+
+    doors = (before, checked_out, returning, "_test_marker")
+    _sa_compat.wrap_pool_doors(engine.pool, *doors)
+    _sa_compat.wrap_pool_doors(engine.pool, *doors)  # idempotent
     with engine.connect() as conn:
         conn.execute(sa.text("select 1"))
+        record = conn.connection._connection_record
+        dbapi_connection = conn.connection.dbapi_connection
+    assert seen == [
+        ("before", engine.pool),
+        ("out", "owner", record, dbapi_connection),
+        ("back", record),
+    ]
+    seen.clear()
     raw = engine.raw_connection()
+    raw.detach()  # a detached record goes back through the same door
+    assert [step[0] for step in seen] == ["before", "out", "back"]
     raw.close()
-    assert seen == [engine.pool, engine.pool]
+    engine.dispose()
+
+
+def test_pool_doors_skip_a_re_checkout_of_the_same_connection(tmp_path: Any) -> None:
+    from sqlalchemy.pool import SingletonThreadPool
+
+    engine = sa.create_engine("sqlite://", poolclass=SingletonThreadPool)
+    seen: list[str] = []
+    _sa_compat.wrap_pool_doors(
+        engine.pool,
+        lambda pool: "owner",
+        lambda *args: seen.append("out"),
+        lambda record: seen.append("back"),
+        "_test_marker",
+    )
+    first = engine.raw_connection()
+    second = engine.raw_connection()  # the same _ConnectionFairy, checked out again
+    second.close()
+    first.close()
+    assert seen == ["out", "back"]
     engine.dispose()
 
 
@@ -127,13 +168,17 @@ def test_inspect_async_session_is_answered_by_async_orm() -> None:
 
 async def test_instrumenting_an_engine_keeps_sqlalchemys_fast_path(tmp_path: Any) -> None:
     # any engine-level listener switches every execution to SQLAlchemy's slower
-    # with-events path; async_orm's instrumentation must not add one
+    # with-events path, and a checkout listener every checkout to the pool's
+    # reconnect-on-checkout loop; async_orm's instrumentation must add neither
     engine = async_orm.create_async_engine(f"sqlite:///{tmp_path / 'x.db'}")
     async with engine.connect() as conn:
         await conn.execute(sa.text("select 1"))
     assert engine.sync_engine._has_events is False
-    await engine.dispose()  # the dispose override keeps the pool's door and slots
-    assert engine.sync_engine.pool.__dict__.get("_async_orm_connect_wrapped")
+    assert not engine.sync_engine.pool.dispatch.checkout
+    assert not engine.sync_engine.pool.dispatch.checkin
+    await engine.dispose()  # the dispose override keeps the pool's doors and slots
+    assert engine.sync_engine.pool.__dict__.get("_async_orm_doors")
+    assert not engine.sync_engine.pool.dispatch.checkout
     async with engine.connect() as conn:
         assert await conn.scalar(sa.text("select 2")) == 2
     await engine.dispose()
