@@ -82,7 +82,7 @@ def test_pool_doors_see_every_checkout_and_every_return(tmp_path: Any) -> None:
     engine.dispose()
 
 
-def test_pool_doors_skip_a_re_checkout_of_the_same_connection(tmp_path: Any) -> None:
+def test_pool_doors_skip_a_re_checkout_of_the_same_connection() -> None:
     from sqlalchemy.pool import SingletonThreadPool
 
     engine = sa.create_engine("sqlite://", poolclass=SingletonThreadPool)
