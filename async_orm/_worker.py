@@ -49,7 +49,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
@@ -111,6 +111,11 @@ class Kind:
     checks_instances: bool = False
     #: an END that takes a worker first even when none is held (engine-level work)
     acquires: bool = False
+    #: neither local nor user code: :meth:`Runner.run` goes straight to the worker
+    direct: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direct", not (self.local or self.user))
 
 
 @dataclass(frozen=True)
@@ -319,6 +324,16 @@ class _Call:
         "watcher",
     )
 
+    # Set only where they apply, and read only there, so that the common call does not
+    # pay for them (an annotation in __init__ would cost bytecodes per call):
+    #: Trio, a sync hand-off: how the outcome is told (a received call without a loop
+    #: has one; the worker sets ``ok`` and ``value`` before it wakes it)
+    signal: Any
+    ok: bool
+    value: Any
+    #: the CPU the worker runs this call on (set by the caller while placement is on)
+    cpu: int | None
+
     def __init__(
         self,
         runner: Runner | None,
@@ -339,20 +354,15 @@ class _Call:
         #: asyncio: the awaiting loop and its future
         self.loop = loop
         self.future = future
-        #: Trio, a sync hand-off, or a fire-and-forget call: how the outcome is told
-        #: (the worker then sets ``ok`` and ``value`` before it wakes the signal)
-        self.signal: Any = None
-        self.ok: bool
-        self.value: Any
+        #: False once the awaiter has given up, or for a call nobody awaits: the worker
+        #: then cleans up the outcome (and wakes ``watcher``, if one was set)
+        self.received = True
         #: a cancelled awaiter waiting for the worker to come back
         self.watcher: _Signal | None = None
-        #: False once the awaiter has given up: the worker cleans up the outcome
-        self.received = True
-        #: the CPU the worker runs this call on (thread placement), None: anywhere
-        self.cpu: int | None = None
 
 
-_STOP: Final = object()
+#: tells a worker to stop (never run)
+_STOP: Final = _Call(None, END, lambda: None, (), None)
 _thread_counter = itertools.count(1)
 
 #: thread ident -> the Worker running on that thread (its ``call``: the one it runs)
@@ -389,6 +399,7 @@ class Worker:
         "lock",
         "name",
         "pool",
+        "put",
         "thread",
     )
 
@@ -398,7 +409,9 @@ class Worker:
         #: held while an interrupt is sent to this worker's running call; the worker
         #: takes it before finishing a call, so an interrupt never lands on the next
         self.interrupt_lock = threading.Lock()
-        self._queue: SimpleQueue[_Call | object] = SimpleQueue()
+        self._queue: SimpleQueue[_Call] = SimpleQueue()
+        #: queue a call (the queue's own put: no Python frame on the hot path)
+        self.put = self._queue.put
         #: the CPU this thread is placed on (see configure()), None: the process's set
         self.cpu: int | None = None
         #: the call this thread is running, None between calls
@@ -407,9 +420,6 @@ class Worker:
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self.thread.start()
         self.ident: int = self.thread.ident or 0
-
-    def put(self, call: _Call) -> None:
-        self._queue.put(call)
 
     def stop(self) -> None:
         self._queue.put(_STOP)
@@ -424,10 +434,8 @@ class Worker:
 
     def _serve(self) -> None:
         get = self._queue.get
-        # the locks are taken with acquire()/release(): half the cost of 'with'
+        # the lock is taken with acquire()/release(): half the cost of 'with'
         acquire, release = self.lock.acquire, self.lock.release
-        interrupt_acquire = self.interrupt_lock.acquire
-        interrupt_release = self.interrupt_lock.release
         pool = self.pool
         while True:
             try:
@@ -438,7 +446,6 @@ class Worker:
                 continue
             if call is _STOP:
                 return
-            assert isinstance(call, _Call)
             acquire()
             try:
                 if call.state == _DROPPED:
@@ -447,15 +454,12 @@ class Worker:
             finally:
                 release()
             self.call = call
-            cpu = call.cpu
-            if cpu != self.cpu and (cpu is not None or not _placement.enabled):
-                _placement.place_worker(self, cpu)
+            if _placement.engaged:
+                _placement.follow(self, call)
             ok = True
             try:
                 kw = call.kw
-                if call.kind.user:
-                    value = call.context.run(_run_user, call.runner, call.fn, call.args, kw)  # type: ignore[arg-type]
-                elif kw:
+                if kw:
                     value = call.context.run(call.fn, *call.args, **kw)
                 else:
                     value = call.context.run(call.fn, *call.args)
@@ -472,46 +476,43 @@ class Worker:
             self.call = None
             acquire()
             try:
-                # no watcher: no interrupt was started for this call (_cancelled()
-                # sets one under this lock first), so none can be in flight
-                if call.watcher is None:
+                # received: no interrupt was started for this call (_cancelled() marks
+                # it unreceived under this lock first), so none can be in flight
+                received = call.received
+                if received:
                     call.state = _DONE
-                    received = call.received
-                    interrupted = False
-                else:
-                    interrupted = True
             finally:
                 release()
-            if interrupted:
-                # an interrupt being sent holds interrupt_lock: the call finishes
-                # after it, never with one on its way to the next call
-                interrupt_acquire()
-                acquire()
-                try:
-                    call.state = _DONE
-                    received = call.received
-                finally:
-                    release()
-                    interrupt_release()
-            runner = call.runner
-            if runner is not None and (runner._after or not received):
-                runner._finished(call, ok, value, received)
             if received:
+                if call.runner._after:  # type: ignore[union-attr]  # (received: a runner's)
+                    call.runner._finished(call, ok, value, True)  # type: ignore[union-attr]
                 loop = call.loop
                 try:
                     if loop is not None:
                         loop.call_soon_threadsafe(_resolve, call.future, ok, value)  # type: ignore[arg-type]
-                    elif call.signal is not None:
+                    else:
                         call.ok = ok
                         call.value = value
                         call.signal.wake()
                 except RuntimeError:
                     pass  # the awaiting loop has closed; nobody is left to tell
-            watcher = call.watcher
-            if watcher is not None:
-                watcher.wake()
+            else:
+                self._end_unreceived(call, ok, value)
             # drop references before blocking on the next get()
-            del call, value, runner, watcher
+            del call, value
+
+    def _end_unreceived(self, call: _Call, ok: bool, value: Any) -> None:
+        """The end of a call whose awaiter has given up, or that nobody awaits."""
+        # an interrupt being sent holds interrupt_lock: the call finishes after it,
+        # never with one on its way to the next call
+        with self.interrupt_lock, self.lock:
+            call.state = _DONE
+        runner = call.runner
+        if runner is not None:
+            runner._finished(call, ok, value, False)
+        watcher = call.watcher
+        if watcher is not None:
+            watcher.wake()
 
 
 def _run_user(runner: Runner, fn: Callable[..., Any], args: tuple[Any, ...], kw: Any) -> Any:
@@ -1128,17 +1129,23 @@ class Runner:
         Returns a coroutine to await, except for a LOCAL step, which runs (or is
         queued) before this returns and returns ``fn``'s result (None if queued).
         """
+        if kind.direct:
+            return self._run(kind, fn, args, kw)
         if kind.local:
             return self._local(kind, fn, args, kw)
-        return self._run(kind, fn, args, kw)
+        # user code: the worker runs it marked as this runner's, for the reentrancy check
+        return self._run(kind, _run_user, (self, fn, args, kw), {})
 
     async def _run(
-        self, kind: Kind, fn: Callable[..., _T], args: tuple[Any, ...], kw: dict[str, Any]
+        self,
+        kind: Kind,
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        bounded: bool = False,  # (a local, set below: a parameter costs nothing)
     ) -> _T:
-        action = _QUEUE
-        state = self.state
-        if state is not _ACTIVE or kind.ends:
-            if state is _IDLE and not kind.ends and self._activate_if_free():
+        if self.state is not _ACTIVE or kind.ends:
+            if self.state is _IDLE and not kind.ends and self._activate_if_free():
                 pass  # an owner's first call, a slot free: the common case
             else:
                 action = self._admission(kind)
@@ -1149,12 +1156,14 @@ class Runner:
                         return fn(*args, **kw)
                     finally:
                         self._release()
-                if action is not _QUEUE and action is not _QUEUE_BOUNDED:
+                if action is _QUEUE_BOUNDED:
+                    bounded = True
+                elif action is not _QUEUE:
                     return self._elsewhere(action, kind, fn, args, kw)  # type: ignore[no-any-return]
-        worker = self.worker
-        assert worker is not None
-        if _inside_runner.get() is self:
-            raise self._reentrant_error()  # from its own run_sync: it would deadlock
+        worker: Worker = self.worker  # type: ignore[assignment]  # (ACTIVE or admitted)
+        # from its own run_sync (which is in flight): it would deadlock
+        if self._pending and _inside_runner.get() is self:
+            raise self._reentrant_error()
         if worker.ident == _get_ident():
             return fn(*args, **kw)
         if self._deferred_error is not None:
@@ -1162,7 +1171,7 @@ class Runner:
             raise error
         loop = _get_running_loop()
         if loop is None:
-            return await self._run_trio(worker, action, kind, fn, args, kw)  # type: ignore[no-any-return]
+            return await self._run_trio(worker, bounded, kind, fn, args, kw)  # type: ignore[no-any-return]
         if self._pending and self._loop is not loop:
             raise self._cross_loop_error(loop)
         fut = loop.create_future()
@@ -1173,7 +1182,7 @@ class Runner:
         self._pending += 1
         worker.put(call)
         try:
-            if action is _QUEUE_BOUNDED:
+            if bounded:
                 return await self._bounded(call, fut)  # type: ignore[no-any-return]
             return await fut  # type: ignore[no-any-return]
         except _CancelledError:
@@ -1188,7 +1197,7 @@ class Runner:
     async def _run_trio(
         self,
         worker: Worker,
-        action: int,
+        bounded: bool,
         kind: Kind,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
@@ -1205,7 +1214,7 @@ class Runner:
         self._pending += 1
         worker.put(call)
         try:
-            if action is _QUEUE_BOUNDED:
+            if bounded:
                 if not await signal.wait(GRACE) and self._leave_queued(call, worker):
                     return None
                 await signal.wait()  # it is done: its outcome is on its way
@@ -1837,7 +1846,7 @@ def _awaiting() -> tuple[asyncio.AbstractEventLoop | None, Any]:
     call = _current_call()
     if call is None or call.loop is not None:
         return (call.loop if call is not None else None), None
-    signal = call.signal
+    signal = getattr(call, "signal", None)  # (a call nobody awaits has none)
     return None, (signal._token if signal is not None else None)
 
 
@@ -1940,6 +1949,9 @@ class _Placement:
 
     def __init__(self) -> None:
         self.enabled = False
+        #: True once placement has been on: workers then check each call's CPU
+        #: (and go back to the allowed set once it is off again)
+        self.engaged = False
         self.pin_event_loop = False
         self.cpus: tuple[int, ...] = ()
         self._loops: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -1970,6 +1982,12 @@ class _Placement:
             if self.pin_event_loop:
                 os.sched_setaffinity(0, {cpu})  # this is the loop's own thread
         return cpu
+
+    def follow(self, worker: Worker, call: _Call) -> None:
+        """On the worker, before ``call``: place it where the call is to run."""
+        cpu = getattr(call, "cpu", None)  # (set by the caller while placement is on)
+        if cpu != worker.cpu and (cpu is not None or not self.enabled):
+            self.place_worker(worker, cpu)
 
     def place_worker(self, worker: Worker, cpu: int | None) -> None:
         """On the worker's own thread: move it to ``cpu`` (None: the allowed set)."""
@@ -2037,6 +2055,7 @@ def configure(
             )
             colocate_threads = False
         _placement.enabled = bool(colocate_threads) and _placement.supported()
+        _placement.engaged = _placement.engaged or _placement.enabled
         _placement._loops = weakref.WeakKeyDictionary()
     if cpus is not None:
         chosen = tuple(sorted({int(cpu) for cpu in cpus}))
