@@ -361,8 +361,10 @@ class _Call:
         self.watcher: _Signal | None = None
 
 
-#: tells a worker to stop (never run)
+#: tells a worker to stop (never run; an empty context, so that it pins nothing of
+#: the context the module happened to be imported in)
 _STOP: Final = _Call(None, END, lambda: None, (), None)
+_STOP.context = contextvars.Context()
 _thread_counter = itertools.count(1)
 
 #: thread ident -> the Worker running on that thread (its ``call``: the one it runs)
