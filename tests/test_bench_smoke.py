@@ -134,6 +134,33 @@ def test_contestant_with_missing_package_is_skipped_with_install_hint() -> None:
     assert unavailable_reason(ghost, "sqlite") == "needs no_such_module_xyz: pip install ghost"
 
 
+def test_baseline_tree_runs_side_by_side_with_the_installed_async_orm(tmp_path: Path) -> None:
+    import async_orm
+
+    tree = tmp_path / "base"
+    tree.mkdir()
+    (tree / "async_orm").symlink_to(Path(async_orm.__file__).parent)  # another path, same code
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(
+            [*TINY, "--workloads", "hop", "--contestants", "async_orm", "--baseline", str(tree),
+             "--url", f"sqlite:///{tmp_path / 'bench.db'}", "--json", str(tmp_path / "b.json")]
+        )  # fmt: skip
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert rc == 0, [r["error"] for r in data["records"] if r["error"]]
+    modules = {r["contestant"]: r["result"]["module"] for r in data["records"]}
+    assert modules["async_orm_baseline"] == str(tree / "async_orm" / "__init__.py")
+    assert modules["async_orm"] == async_orm.__file__
+    assert data["meta"]["baseline"]["tree"] == str(tree)
+    assert f"async_orm (--baseline tree): {tree}" in printed.getvalue()
+    assert "median" in data["summary"]["hop"]["async_orm_baseline"]
+
+
+def test_baseline_tree_without_async_orm_is_refused(tmp_path: Path, capsys) -> None:
+    assert main(["--quick", "--baseline", str(tmp_path)]) == 2
+    assert "no async_orm/__init__.py there" in capsys.readouterr().err
+
+
 def test_in_memory_sqlite_is_refused(capsys) -> None:
     assert main(["--quick", "--url", "sqlite://"]) == 2
     assert "SQLite *file*" in capsys.readouterr().err

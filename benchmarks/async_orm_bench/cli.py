@@ -11,6 +11,7 @@ import io
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -174,6 +175,14 @@ def parser() -> argparse.ArgumentParser:
         help="write the run into benchmarks/results/ (JSON, table, plots) and refresh the "
         "targets table of docs/benchmarks.rst; with --report, re-render a saved run there",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="a source tree of another async_orm revision (e.g. made with 'git worktree add "
+        "/tmp/base HEAD~1'): its async_orm package runs as the contestant async_orm_baseline, "
+        "side by side with the installed one in the same run (the table's 'async_orm /' "
+        "column is then the ratio of the two)",
+    )
     p.add_argument("--list", action="store_true", help="list contestants and whether they run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     return p
@@ -224,6 +233,22 @@ def _async_orm_version() -> str | None:
         return str(getattr(importlib.import_module("async_orm"), "__version__", None))
     except Exception:
         return None
+
+
+def _revision(tree: str) -> str | None:
+    """The git revision of ``tree`` (with '+changes' when its async_orm differs from it)."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", tree, "status", "--porcelain", "--", "async_orm"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None  # not a git checkout (an unpacked archive): the tree path says it
+    return rev + ("+changes" if dirty else "")
 
 
 def _cases(args: argparse.Namespace, preset: Preset, workloads: list[str]) -> list[Case]:
@@ -294,6 +319,14 @@ def run(argv: list[str] | None = None) -> int:
         )
         return 2
     wanted = args.contestants or [c.name for c in CONTESTANTS if c.default]
+    baseline = ""
+    if args.baseline:
+        baseline = os.path.abspath(args.baseline)
+        if not os.path.isfile(os.path.join(baseline, "async_orm", "__init__.py")):
+            print(f"--baseline {args.baseline}: no async_orm/__init__.py there", file=sys.stderr)
+            return 2
+        if "async_orm_baseline" not in wanted:
+            wanted.append("async_orm_baseline")
     unknown = [c for c in wanted if c not in BY_NAME]
     if unknown:
         names = ", ".join(BY_NAME)
@@ -309,14 +342,14 @@ def run(argv: list[str] | None = None) -> int:
     contestants = []
     for name in wanted:
         c = BY_NAME[name]
-        reason = unavailable_reason(c, backend)
+        reason = unavailable_reason(c, backend, baseline)
         if reason is None:
             contestants.append(c)
         elif c.runs_on(backend):
             skipped.append({"contestant": name, "reason": reason})
     if args.list:
         for c in CONTESTANTS:
-            why = unavailable_reason(c, backend)
+            why = unavailable_reason(c, backend, baseline)
             print(f"{c.name:<15} {c.label:<36} {'runs' if why is None else why}", file=out)
         return 0
     for note in skipped:
@@ -339,6 +372,8 @@ def run(argv: list[str] | None = None) -> int:
         options["sqlite_synchronous"] = "NORMAL" if args.sqlite_journal == "wal" else "FULL"
     if args.cpus:
         options["cpus"] = list(args.cpus)
+    if baseline:
+        options["baseline"] = baseline
     plan = Plan(
         url=url_secret,
         cases=cases,
@@ -384,6 +419,7 @@ def run(argv: list[str] | None = None) -> int:
             for d in ("sqlalchemy", "psycopg", "aiosqlite", "asyncpg", "asgiref", "greenlet")
         },
         "async_orm": _async_orm_version(),
+        "baseline": {"tree": baseline, "revision": _revision(baseline)} if baseline else None,
         "contestants": [c.name for c in contestants],
         "skipped": skipped,
     }

@@ -80,6 +80,15 @@ CONTESTANTS: tuple[Contestant, ...] = (
         default=False,
     ),
     Contestant(
+        "async_orm_baseline",
+        "async_orm (--baseline tree)",
+        "async_api",
+        frozenset(),
+        ("async_orm",),
+        "--baseline TREE (a checkout of the revision to compare with)",
+        default=False,
+    ),
+    Contestant(
         "sa_aiosqlite",
         "SA asyncio + aiosqlite",
         "async_api",
@@ -138,13 +147,16 @@ def missing_modules(modules: tuple[str, ...]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def unavailable_reason(contestant: Contestant, backend: str) -> str | None:
-    """Why ``contestant`` cannot run on ``backend`` here, or ``None`` when it can."""
+def unavailable_reason(contestant: Contestant, backend: str, baseline: str = "") -> str | None:
+    """Why ``contestant`` cannot run on ``backend`` here, or ``None`` when it can;
+    ``baseline`` is the ``--baseline`` tree, if any."""
     if not contestant.runs_on(backend):
         return f"does not run on {backend}"
     missing = missing_modules(contestant.modules)
     if missing:
         return f"needs {', '.join(missing)}: {contestant.install}"
+    if contestant.name == "async_orm_baseline" and not baseline:
+        return "needs --baseline TREE (a checkout of the revision to compare with)"
     if contestant.is_async_orm:
         try:
             mod = importlib.import_module("async_orm")

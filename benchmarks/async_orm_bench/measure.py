@@ -996,6 +996,21 @@ def without_async_orm_session_listeners() -> Iterator[int]:
             event.listen(Session, name, fn)
 
 
+def _import_async_orm_from(tree: str) -> None:
+    """Make ``import async_orm`` load the package in ``tree`` (the --baseline revision)."""
+    loaded = sys.modules.get("async_orm")
+    if loaded is not None:
+        if os.path.dirname(os.path.dirname(loaded.__file__ or "")) == tree:
+            return
+        raise RuntimeError(
+            f"async_orm is already imported from {loaded.__file__}: the baseline needs a "
+            "fresh process (--isolation process)"
+        )
+    sys.path.insert(0, tree)
+    mod = importlib.import_module("async_orm")
+    assert os.path.dirname(os.path.dirname(mod.__file__ or "")) == tree, mod.__file__
+
+
 def run(spec: Spec) -> Result:
     """Run one measurement in this process and return its result."""
     contestant = BY_NAME[spec.contestant]
@@ -1004,10 +1019,14 @@ def run(spec: Spec) -> Result:
     cpus = spec.options.get("cpus")
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)  # this process and the threads it starts
+    if contestant.name == "async_orm_baseline":
+        _import_async_orm_from(spec.options["baseline"])
     if contestant.is_async_orm:
         if contestant.configure:  # thread placement: before any engine or loop exists
             importlib.import_module("async_orm").configure(**dict(contestant.configure))
-        return _run(spec, contestant)
+        result = _run(spec, contestant)
+        result["module"] = sys.modules["async_orm"].__file__  # which async_orm was measured
+        return result
     with without_async_orm_session_listeners():
         return _run(spec, contestant)
 

@@ -280,6 +280,12 @@ def table(data: Json) -> str:
         f"SQLAlchemy {meta.get('versions', {}).get('sqlalchemy')}; "
         f"load avg {meta.get('loadavg_start')} -> {meta.get('loadavg_end')}"
     )
+    baseline = meta.get("baseline")
+    if baseline:
+        lines.append(
+            f"async_orm (--baseline tree): {baseline['tree']} "
+            f"(revision {baseline.get('revision') or 'unknown'})"
+        )
     for note in meta.get("skipped", []):
         lines.append(f"skipped {note['contestant']}: {note['reason']}")
     for case_key, entries in summary.items():

@@ -9,6 +9,7 @@ from pytest_postgresql.executors import PostgreSQLExecutor
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import async_orm
+from async_orm import _worker
 
 
 class RelBase(DeclarativeBase):
@@ -40,6 +41,24 @@ async def rows_per_request(engine: async_orm.AsyncEngine) -> dict[int, list[int]
     """request -> its sorted parts, read with a plain sync connection on a thread
     of its own (not through the code under test)."""
     return await asyncio.to_thread(_rows_per_request, engine.sync_engine)
+
+
+def _take_every_slot(limiter: _worker.Limiter) -> None:
+    for _ in range(limiter.capacity):
+        limiter.acquire_blocking(_worker._Request())  # waits; raises after limiter.timeout
+    limiter.release(limiter.capacity)
+
+
+async def every_slot_back(engine: async_orm.AsyncEngine) -> None:
+    """Wait until every worker slot of ``engine`` has come back, by taking them all
+    (then giving them back), on a thread of its own.
+
+    A cancelled task may end while its call is still on the worker (fenced, see
+    docs/cancellation): its slot, worker and connection come back when the call
+    does, and a runner gives its connection back before its slot.  So once every
+    slot has been taken, no fenced call is left and anything still checked out of
+    the pool is a leak."""
+    await asyncio.to_thread(_take_every_slot, engine._limiter)
 
 
 #: the private server's superuser password (it uses password authentication)
