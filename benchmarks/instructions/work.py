@@ -1,9 +1,11 @@
 """One workload of the instruction-count A/B: ``python work.py WORKLOAD N``.
 
 Runs a warm-up, then ``N`` measured operations on a throwaway SQLite file (pool
-10 + 0).  With ``CGCTL=1`` in the environment, callgrind's instrumentation is switched
-on (``callgrind_control -i on``) only around the measured operations; ``opcount.py``
-replaces :func:`toggle` to count bytecodes over the same section.
+10 + 0), or on the database of ``WORK_URL`` (a sync URL, e.g. PostgreSQL over psycopg; the
+workload drops and creates its ``users`` table there, so one run at a time).  With
+``CGCTL=1`` in the environment, callgrind's instrumentation is switched on
+(``callgrind_control -i on``) only around the measured operations; ``opcount.py`` replaces
+:func:`toggle` to count bytecodes over the same section.
 
 Workloads: ``pk_get`` (``session.get()`` in one session, as the suite's),
 ``insert_commit`` (a session per insert), ``request`` (a session per get + update +
@@ -61,14 +63,15 @@ async def run(op: Callable[[int], Awaitable[None]], n: int) -> None:
 
 async def main(workload: str, n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        engine = async_orm.create_async_engine(
-            f"sqlite:///{tmp}/work.db", pool_size=10, max_overflow=0
-        )
+        url = os.environ.get("WORK_URL") or f"sqlite:///{tmp}/work.db"
+        engine = async_orm.create_async_engine(url, pool_size=10, max_overflow=0)
         async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
             await conn.run_sync(Base.metadata.create_all)
         maker = async_orm.async_sessionmaker(engine, expire_on_commit=False)
         async with maker() as s:
-            s.add_all([User(id=i, name=f"u{i}") for i in range(1, 201)])
+            # ids 1-200 from the database, so that its sequence (PostgreSQL) goes on at 201
+            s.add_all([User(name=f"u{i}") for i in range(1, 201)])
             await s.commit()
         if workload == "pk_get":
             async with maker() as session:
