@@ -1800,21 +1800,23 @@ def create_task_in_loop(
     :class:`asyncio.Task`.  Both have ``add_done_callback()``, ``cancel()`` and
     ``result()``.  Never blocks: the task starts once the loop gets to it.
 
-    Under Trio (a call awaited from a Trio task) ``coro`` runs as a Trio system task
-    of that run, and the :class:`concurrent.futures.Future` is returned; cancelling
-    it cancels the task.
+    Under Trio (a call awaited from a Trio task, or on the Trio thread itself)
+    ``coro`` runs as a Trio system task of that run, and the
+    :class:`concurrent.futures.Future` is returned; cancelling it cancels the task.
     """
     loop, token = _awaiting()
     if loop is not None:
         return _loop_context().run(asyncio.run_coroutine_threadsafe, coro, loop)
     if token is not None:
         return _trio_task(token, coro, _loop_context())
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        coro.close()  # never awaited: close it rather than warn "never awaited"
-        raise _no_loop("create_task_in_loop") from None
-    return running.create_task(coro)
+    running = _get_running_loop()
+    if running is not None:
+        return running.create_task(coro)
+    lowlevel = _trio_lowlevel()
+    if lowlevel is not None:  # on the Trio thread itself
+        return _trio_task(lowlevel.current_trio_token(), coro, contextvars.copy_context())
+    coro.close()  # never awaited: close it rather than warn "never awaited"
+    raise _no_loop("create_task_in_loop")
 
 
 def call_soon_in_loop(
@@ -1826,8 +1828,8 @@ def call_soon_in_loop(
     in session and engine listeners: on an async_orm worker thread it is
     ``loop.call_soon_threadsafe(callback, *args)`` for the loop of the task that
     fired the event; on an event loop thread it is ``loop.call_soon(callback, *args)``;
-    both return the :class:`asyncio.Handle`.  Under Trio it is the run's
-    ``TrioToken.run_sync_soon`` (from a worker), and returns None.
+    both return the :class:`asyncio.Handle`.  Under Trio (from a worker, or on the
+    Trio thread itself) it is the run's ``TrioToken.run_sync_soon``, and returns None.
     """
     loop, token = _awaiting()
     if loop is not None:
@@ -1835,11 +1837,15 @@ def call_soon_in_loop(
     if token is not None:
         token.run_sync_soon(_loop_context().run, callback, *args)
         return None
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        raise _no_loop("call_soon_in_loop") from None
-    return running.call_soon(callback, *args)
+    running = _get_running_loop()
+    if running is not None:
+        return running.call_soon(callback, *args)
+    lowlevel = _trio_lowlevel()
+    if lowlevel is not None:  # on the Trio thread itself
+        token = lowlevel.current_trio_token()
+        token.run_sync_soon(contextvars.copy_context().run, callback, *args)
+        return None
+    raise _no_loop("call_soon_in_loop")
 
 
 def _awaiting() -> tuple[asyncio.AbstractEventLoop | None, Any]:

@@ -66,6 +66,43 @@ def test_a_listener_schedules_work_on_the_loop_of_the_task_that_fired_it(run: Lo
     run(body)
 
 
+def test_the_helpers_work_on_the_loop_thread_itself(run: LoopRun) -> None:
+    """Called from async code (not a listener), both helpers schedule on the running
+    loop: asyncio's create_task/call_soon, or the Trio run's system task/run_sync_soon."""
+
+    async def body(engine: async_orm.AsyncEngine) -> None:
+        loop_thread = threading.get_ident()
+        soon_done = anyio.Event()
+        seen: dict[str, Any] = {}
+
+        async def work() -> int:
+            seen["task"] = (sniffio.current_async_library(), threading.get_ident())
+            seen["request_id"] = request_id.get()
+            await anyio.lowlevel.checkpoint()
+            return 5
+
+        def soon(tag: str) -> None:
+            seen["soon"] = (tag, threading.get_ident(), request_id.get())
+            soon_done.set()
+
+        request_id.set("req-9")
+        task = async_orm.create_task_in_loop(work())
+        handle = async_orm.call_soon_in_loop(soon, "now")
+        with anyio.fail_after(5):
+            await soon_done.wait()
+        if run.library == "asyncio":
+            assert handle is not None
+            assert await task == 5  # type: ignore[misc]
+        else:
+            assert handle is None and isinstance(task, concurrent.futures.Future)
+            assert await anyio.to_thread.run_sync(task.result, 5) == 5
+        assert seen["task"] == (run.library, loop_thread)
+        assert seen["soon"] == ("now", loop_thread, "req-9")
+        assert seen["request_id"] == "req-9"
+
+    run(body)
+
+
 def test_cancelling_the_future_of_a_scheduled_task_cancels_it(run: LoopRun) -> None:
     async def body(engine: async_orm.AsyncEngine) -> None:
         started, ended, forever = threading.Event(), anyio.Event(), anyio.Event()
