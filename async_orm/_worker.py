@@ -1809,12 +1809,11 @@ def create_task_in_loop(
         return _loop_context().run(asyncio.run_coroutine_threadsafe, coro, loop)
     if token is not None:
         return _trio_task(token, coro, _loop_context())
-    running = _get_running_loop()
-    if running is not None:
-        return running.create_task(coro)
-    lowlevel = _trio_lowlevel()
-    if lowlevel is not None:  # on the Trio thread itself
-        return _trio_task(lowlevel.current_trio_token(), coro, contextvars.copy_context())
+    loop, token = _running_here()
+    if loop is not None:
+        return loop.create_task(coro)
+    if token is not None:
+        return _trio_task(token, coro, contextvars.copy_context())
     coro.close()  # never awaited: close it rather than warn "never awaited"
     raise _no_loop("create_task_in_loop")
 
@@ -1837,15 +1836,23 @@ def call_soon_in_loop(
     if token is not None:
         token.run_sync_soon(_loop_context().run, callback, *args)
         return None
-    running = _get_running_loop()
-    if running is not None:
-        return running.call_soon(callback, *args)
-    lowlevel = _trio_lowlevel()
-    if lowlevel is not None:  # on the Trio thread itself
-        token = lowlevel.current_trio_token()
+    loop, token = _running_here()
+    if loop is not None:
+        return loop.call_soon(callback, *args)
+    if token is not None:
         token.run_sync_soon(contextvars.copy_context().run, callback, *args)
         return None
     raise _no_loop("call_soon_in_loop")
+
+
+def _running_here() -> tuple[asyncio.AbstractEventLoop | None, Any]:
+    """(asyncio loop, TrioToken): the event loop running on this thread itself, one of
+    the two; (None, None) on a thread that runs none (an async_orm worker, plain code)."""
+    loop = _get_running_loop()
+    if loop is not None:
+        return loop, None
+    lowlevel = _trio_lowlevel()
+    return None, (lowlevel.current_trio_token() if lowlevel is not None else None)
 
 
 def _awaiting() -> tuple[asyncio.AbstractEventLoop | None, Any]:

@@ -998,9 +998,13 @@ def without_async_orm_session_listeners() -> Iterator[int]:
 
 def _import_async_orm_from(tree: str) -> None:
     """Make ``import async_orm`` load the package in ``tree`` (the --baseline revision)."""
+
+    def tree_of(mod: Any) -> str:  # .../TREE/async_orm/__init__.py -> .../TREE
+        return os.path.dirname(os.path.dirname(mod.__file__ or ""))
+
     loaded = sys.modules.get("async_orm")
     if loaded is not None:
-        if os.path.dirname(os.path.dirname(loaded.__file__ or "")) == tree:
+        if tree_of(loaded) == tree:
             return
         raise RuntimeError(
             f"async_orm is already imported from {loaded.__file__}: the baseline needs a "
@@ -1008,7 +1012,7 @@ def _import_async_orm_from(tree: str) -> None:
         )
     sys.path.insert(0, tree)
     mod = importlib.import_module("async_orm")
-    assert os.path.dirname(os.path.dirname(mod.__file__ or "")) == tree, mod.__file__
+    assert tree_of(mod) == tree, mod.__file__
 
 
 def run(spec: Spec) -> Result:
